@@ -1,0 +1,92 @@
+"""``clipforge`` command line: one subcommand per stage (what DVC runs), plus ``chain``.
+
+    clipforge <stage> [--params FILE] [--set section.key=value ...] [--no-progress]
+    clipforge chain   [--params FILE] [--set ...] [--from STAGE] [--to STAGE]
+    clipforge stages
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from clipforge.config import load_params
+from clipforge.stages import CHAIN, STAGES, GateFailed, StageReport, run_stage
+
+EXIT_GATE_FAILED = 3
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one param (repeatable); the value is parsed as YAML",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--report-dir", default="reports", help="where the JSON report goes (default: reports/)")
+
+
+def _print_summary(report: StageReport) -> None:
+    gate = "passed" if report.gate.passed else "FAILED"
+    print(f"[{report.stage}] {report.manifest_rows} manifest rows in {report.seconds:.1f}s -> {report.location}")
+    for key, value in report.summary.items():
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value, default=str)
+            if len(value) > 160:
+                value = value[:157] + "..."
+        print(f"  {key}: {value}")
+    for key, value in report.metrics.items():
+        print(f"  metric {key}: {value:.4g}")
+    print(f"  gate: {gate} ({len(report.gate.checks)} expectations)")
+    if not report.gate.passed:
+        for line in report.gate.reason().splitlines():
+            print(f"    - {line}")
+
+
+def _run(names: list[str], args: argparse.Namespace) -> int:
+    params = load_params(args.params, args.overrides)
+    for name in names:
+        try:
+            report = run_stage(name, params, show_progress=not args.no_progress, report_dir=Path(args.report_dir))
+        except GateFailed as err:
+            print(f"[{name}] not run: {err}", file=sys.stderr)
+            return EXIT_GATE_FAILED
+        _print_summary(report)
+        if not report.gate.passed:
+            print(f"[{name}] quality gate failed; downstream stages must not run", file=sys.stderr)
+            return EXIT_GATE_FAILED
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="clipforge", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for spec in CHAIN:
+        _add_common(sub.add_parser(spec.name, help=spec.description))
+    chain = sub.add_parser("chain", help="run every stage in order")
+    _add_common(chain)
+    chain.add_argument("--from", dest="first", choices=list(STAGES), default=CHAIN[0].name)
+    chain.add_argument("--to", dest="last", choices=list(STAGES), default=CHAIN[-1].name)
+    sub.add_parser("stages", help="list the stages of the chain")
+
+    args = parser.parse_args(argv)
+    if args.command == "stages":
+        for spec in CHAIN:
+            print(f"{spec.name:24s} <- {', '.join(spec.inputs) or '-':50s} {spec.description}")
+        return 0
+    if args.command == "chain":
+        names = [s.name for s in CHAIN]
+        return _run(names[names.index(args.first) : names.index(args.last) + 1], args)
+    return _run([args.command], args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Student variants behind one registry: ``build_student(name)``, saved and loaded by folder.
+
+Every student is a :class:`StudentClip`: image pixels in [0, 1] go in (the variant's own
+mean/std normalisation happens inside, so exports take plain 1/255-scaled pixels), tokens
+go in, L2-normalised embeddings come out. The issue-3 MobileCLIP family plugs in here as
+more registry entries.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import training.clip_models  # noqa: F401  (registers clipforge's cf-* open_clip configs)
+
+STUDENT_FILE = "student.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+@dataclass(frozen=True)
+class StudentInfo:
+    variant: str
+    image_size: int
+    context_length: int
+    embed_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    tokenizer: str  # open_clip tokenizer name (get_tokenizer argument)
+
+
+class StudentClip(nn.Module):
+    """A CLIP student: ``encode_image`` / ``encode_text`` give normalised embeddings."""
+
+    def __init__(self, clip: nn.Module, info: StudentInfo) -> None:
+        super().__init__()
+        self.clip = clip
+        self.info = info
+        self.register_buffer("pixel_mean", torch.tensor(info.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(info.std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] in [0, 1] -> [B, D], L2-normalised."""
+        return F.normalize(self.clip.encode_image((pixels - self.pixel_mean) / self.pixel_std), dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, context_length] int token ids -> [B, D], L2-normalised."""
+        return F.normalize(self.clip.encode_text(tokens), dim=-1)
+
+    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # The learnable temperature is capped at 100 (METHOD.md 2.7).
+        return self.encode_image(pixels), self.encode_text(tokens), self.clip.logit_scale.exp().clamp(max=100)
+
+    def tokenizer(self) -> Callable[[list[str]], torch.Tensor]:
+        tok = open_clip.get_tokenizer(self.info.tokenizer)
+        return lambda texts: tok(list(texts), context_length=self.info.context_length)
+
+
+def _open_clip_student(variant: str, model_name: str) -> StudentClip:
+    clip = open_clip.create_model(model_name)
+    cfg = open_clip.get_model_config(model_name)
+    pre = clip.visual.preprocess_cfg
+    info = StudentInfo(
+        variant=variant,
+        image_size=int(cfg["vision_cfg"]["image_size"]),
+        context_length=int(cfg["text_cfg"].get("context_length", 77)),
+        embed_dim=int(cfg["embed_dim"]),
+        mean=tuple(pre["mean"]),
+        std=tuple(pre["std"]),
+        tokenizer=model_name,
+    )
+    return StudentClip(clip, info)
+
+
+# name -> builder. A builder returns a freshly initialised student.
+STUDENT_REGISTRY: dict[str, Callable[[], StudentClip]] = {
+    "tiny-vit": lambda: _open_clip_student("tiny-vit", "cf-tiny-vit-student"),
+}
+
+
+def build_student(name: str) -> StudentClip:
+    if name not in STUDENT_REGISTRY:
+        raise KeyError(f"unknown student variant {name!r}; known: {sorted(STUDENT_REGISTRY)}")
+    return STUDENT_REGISTRY[name]()
+
+
+def save_student(model: StudentClip, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / WEIGHTS_FILE)
+    (folder / STUDENT_FILE).write_text(json.dumps(asdict(model.info), indent=2))
+
+
+def load_student(folder: Path) -> StudentClip:
+    info = json.loads((folder / STUDENT_FILE).read_text())
+    model = build_student(info["variant"])
+    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
