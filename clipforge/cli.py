@@ -1,8 +1,8 @@
 """``clipforge`` command line: one subcommand per stage (what DVC runs), plus ``chain``.
 
-    clipforge <stage> [--params FILE] [--set section.key=value ...] [--no-progress]
-    clipforge chain   [--params FILE] [--set ...] [--from STAGE] [--to STAGE]
-    clipforge stages
+clipforge <stage> [--params FILE] [--set section.key=value ...] [--no-progress]
+clipforge chain   [--params FILE] [--set ...] [--from STAGE] [--to STAGE]
+clipforge stages
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def _run(names: list[str], args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="clipforge", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="clipforge", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for spec in CHAIN:
         _add_common(sub.add_parser(spec.name, help=spec.description))

@@ -204,7 +204,9 @@ def run_stage(
     with contextlib.ExitStack() as stack:
         tracker = None
         if track:
-            tracker = stack.enter_context(tracking.stage_run(params.mlflow, name, {"clipforge.profile": params.profile}))
+            tracker = stack.enter_context(
+                tracking.stage_run(params.mlflow, name, {"clipforge.profile": params.profile})
+            )
             tracker.log_params({s: params.model_dump(mode="json")[s] for s in spec.sections})
         with lake.publish(name) as out_dir:
             ctx = StageContext(

@@ -82,5 +82,7 @@ def stage_run(cfg: MlflowConfig, stage: str, tags: dict[str, str] | None = None)
     import mlflow
 
     experiment_id = configure(cfg)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags={"clipforge.stage": stage, **(tags or {})}) as run:
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=stage, tags={"clipforge.stage": stage, **(tags or {})}
+    ) as run:
         yield MlflowTracker(run.info.run_id)
