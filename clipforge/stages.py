@@ -188,6 +188,7 @@ def run_stage(
     *,
     show_progress: bool = True,
     report_dir: Path | None = Path("reports"),
+    metrics_dir: Path | None = Path("metrics"),
     track: bool = True,
 ) -> StageReport:
     """Run one stage end to end: inputs from the lake, MLflow run, atomic publish, gate."""
@@ -250,4 +251,8 @@ def run_stage(
     if report_dir is not None:
         report_dir.mkdir(parents=True, exist_ok=True)
         (report_dir / f"{name}.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    if metrics_dir is not None and outcome.metrics:
+        # DVC metrics files (dvc.yaml declares them with cache: false): `dvc metrics show/diff`.
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        (metrics_dir / f"{name}.json").write_text(json.dumps(outcome.metrics, indent=2, sort_keys=True))
     return report
