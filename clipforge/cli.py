@@ -13,8 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from clipforge.config import load_params
-from clipforge.stages import CHAIN, STAGES, GateFailed, StageReport, run_stage
+from clipforge.config import Params, load_params
+from clipforge.stages import CHAIN, STAGES, GateFailed, StageReport, read_report, run_stage
 
 EXIT_GATE_FAILED = 3
 
@@ -65,6 +65,35 @@ def _run(names: list[str], args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary(params: Params) -> int:
+    """Per stage: rows, seconds, gate; then the evaluation metrics and exported files."""
+    from pipelines.lake import Lake, StageNotPublished
+
+    lake = Lake(params.lake)
+    missing = 0
+    for spec in CHAIN:
+        try:
+            report = read_report(lake.stage_dir(spec.name))
+        except (StageNotPublished, FileNotFoundError):
+            print(f"{spec.name:24s} not run")
+            missing += 1
+            continue
+        gate = "gate passed" if report["gate"]["passed"] else "GATE FAILED"
+        print(f"{spec.name:24s} {report['manifest_rows']:6d} rows {report['seconds']:7.1f} s  {gate}")
+        if spec.name == "coreml_package":
+            for name in sorted(
+                p.name for p in lake.stage_dir(spec.name).iterdir() if p.suffix in (".mlpackage", ".onnx")
+            ):
+                print(f"{'':24s} {lake.describe(spec.name)}/{name}")
+        if spec.name == "evaluation":
+            for key, value in sorted(report["metrics"].items()):
+                print(f"{'':24s} {key} = {value:.4f}")
+            registry = report["summary"].get("registry")
+            if registry is not None:
+                print(f"{'':24s} registry: {json.dumps(registry, default=str)}")
+    return 1 if missing else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(
@@ -78,12 +107,17 @@ def main(argv: list[str] | None = None) -> int:
     chain.add_argument("--from", dest="first", choices=list(STAGES), default=CHAIN[0].name)
     chain.add_argument("--to", dest="last", choices=list(STAGES), default=CHAIN[-1].name)
     sub.add_parser("stages", help="list the stages of the chain")
+    summary = sub.add_parser("summary", help="what the last run of each stage left in the lake")
+    summary.add_argument("--params", default="params.yaml")
+    summary.add_argument("--set", dest="overrides", action="append", default=[])
 
     args = parser.parse_args(argv)
     if args.command == "stages":
         for spec in CHAIN:
             print(f"{spec.name:24s} <- {', '.join(spec.inputs) or '-':50s} {spec.description}")
         return 0
+    if args.command == "summary":
+        return _summary(load_params(args.params, args.overrides))
     if args.command == "chain":
         names = [s.name for s in CHAIN]
         return _run(names[names.index(args.first) : names.index(args.last) + 1], args)
