@@ -47,6 +47,8 @@ class EmbeddedCorpusConfig(_Section):
     junk_caption_fraction: float = Field(0.08, ge=0, le=1)
     wrong_caption_fraction: float = Field(0.1, ge=0, le=1)
     non_english_fraction: float = Field(0.05, ge=0, le=1)
+    # Captions naming only some of the scene's attributes (web alt-text is rarely complete).
+    partial_caption_fraction: float = Field(0.35, ge=0, le=1)
     tiny_image_fraction: float = Field(0.04, ge=0, le=1)
     extreme_aspect_fraction: float = Field(0.04, ge=0, le=1)
 
