@@ -61,8 +61,8 @@ class LoadedClip:
 
     def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] floats in [0, 1] at ``image_size`` -> the model's normalisation."""
-        mean = torch.tensor(self.mean, dtype=pixels.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=pixels.dtype).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
         return (pixels - mean) / std
 
     def pixels_from_pil(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -84,7 +84,8 @@ class LoadedClip:
     @torch.no_grad()
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Captions -> [B, embed_dim], L2-normalised."""
-        return F.normalize(self.model.encode_text(self.tokenize(texts)).float(), dim=-1)
+        device = next(self.model.parameters()).device
+        return F.normalize(self.model.encode_text(self.tokenize(texts).to(device)).float(), dim=-1)
 
 
 def save_model(
