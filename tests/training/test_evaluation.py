@@ -1,0 +1,200 @@
+"""The evaluation stage end to end on a tiny random student and tiny benchmarks."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from clipforge.config import MlflowConfig, Params
+from clipforge.stage_api import StageContext
+from clipforge.tracking import configure
+from training.evaluation import run
+from training.students import build_student, save_student
+
+RETRIEVAL_KEYS = {f"{d}_r{k}" for d in ("image", "text") for k in (1, 5, 10)}
+CLASSIFICATION_KEYS = {"top1", "top5", "mean_per_class_recall"}
+
+
+def _jpg(colour: tuple[int, int, int], size: tuple[int, int] = (20, 14)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for key, members in samples:
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def write_benchmark(root: Path) -> None:
+    """tasks.json + one classification task (with one bad sample) + one retrieval task."""
+    colours = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}
+    cls = root / "colour"
+    (cls / "classnames.txt").parent.mkdir(parents=True)
+    (cls / "classnames.txt").write_text("\n".join(colours) + "\n")
+    (cls / "zeroshot_classification_templates.txt").write_text("a photo of a {c} thing.\na {c} picture.\n")
+    samples = [(f"c{i}", {"jpg": _jpg(rgb), "cls": str(i % 3).encode()}) for i, rgb in enumerate(colours.values())]
+    samples += [(f"d{i}", {"jpg": _jpg(rgb), "cls": str(i).encode()}) for i, rgb in enumerate(colours.values())]
+    samples.append(("bad", {"jpg": b"\xff\xd8 truncated", "cls": b"0"}))
+    _tar(cls / "test" / "0.tar", samples)
+    ret = root / "caps"
+    _tar(
+        ret / "test" / "0.tar",
+        [
+            (f"r{i}", {"jpg": _jpg(rgb), "txt": f"a {name} square\n{name} picture\nsomething {name}".encode()})
+            for i, (name, rgb) in enumerate(colours.items())
+        ],
+    )
+    (root / "tasks.json").write_text(
+        json.dumps([{"name": "colour", "type": "classification"}, {"name": "caps", "type": "retrieval"}])
+    )
+
+
+def write_extra_task(folder: Path) -> None:
+    """A single clip_benchmark task folder given directly (extra_benchmarks entry)."""
+    (folder / "test").mkdir(parents=True)
+    (folder / "classnames.txt").write_text("dark\nbright\n")
+    (folder / "zeroshot_classification_templates.txt").write_text("a {c} image.\n")
+    _tar(
+        folder / "test" / "0.tar",
+        [(f"k{i}", {"jpg": _jpg((v, v, v)), "cls": str(int(v > 128)).encode()}) for i, v in enumerate((10, 240, 30))],
+    )
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("lake")
+    torch.manual_seed(0)
+    save_student(build_student("tiny-vit"), root / "reparameterized_model" / "model")
+    write_benchmark(root / "embedded_corpus" / "benchmark")
+    write_extra_task(root / "extra" / "grey")
+    package = root / "coreml_package"
+    (package / "image_encoder.mlpackage" / "Data").mkdir(parents=True)
+    (package / "image_encoder.mlpackage" / "Manifest.json").write_text("{}")
+    (package / "image_encoder.onnx").write_bytes(b"onnx")
+    (package / "manifest.parquet").write_bytes(b"not attached")
+    return {
+        "reparameterized_model": root / "reparameterized_model",
+        "embedded_corpus": root / "embedded_corpus",
+        "coreml_package": package,
+        "extra": root / "extra" / "grey",
+    }
+
+
+def _ctx(tmp_path: Path, inputs: dict[str, Path], run_id: str | None = None, **evaluation: Any) -> StageContext:
+    out = tmp_path / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    params = Params.model_validate({"evaluation": {"batch_size": 64, **evaluation}})
+    return StageContext(
+        name="evaluation", params=params, inputs=inputs, out_dir=out, show_progress=False, run_id=run_id
+    )
+
+
+def test_run_without_mlflow(lake: dict[str, Path], tmp_path: Path) -> None:
+    inputs = {k: v for k, v in lake.items() if k != "extra"}
+    ctx = _ctx(tmp_path, inputs, extra_benchmarks=[str(lake["extra"])])
+    outcome = run(ctx)
+
+    metrics = json.loads((ctx.out_dir / "metrics.json").read_text())
+    expected = {f"colour/{m}" for m in CLASSIFICATION_KEYS} | {f"grey/{m}" for m in CLASSIFICATION_KEYS}
+    expected |= {f"caps/{m}" for m in RETRIEVAL_KEYS} | {"zeroshot_top1_mean", "retrieval_mean_r1"}
+    assert set(metrics) == expected and metrics == pytest.approx(outcome.metrics)
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert metrics["zeroshot_top1_mean"] == pytest.approx((metrics["colour/top1"] + metrics["grey/top1"]) / 2)
+    assert metrics["retrieval_mean_r1"] == pytest.approx((metrics["caps/image_r1"] + metrics["caps/text_r1"]) / 2)
+    # k is capped at the candidates: 3 images and 9 captions -> R@5 and R@10 are certain
+    assert metrics["caps/image_r5"] == metrics["caps/text_r10"] == 1.0
+    assert metrics["grey/top5"] == 1.0  # 2 classes
+
+    manifest: pd.DataFrame = outcome.manifest
+    assert {"task", "kind", "metric", "value"} <= set(manifest.columns)
+    assert len(manifest) == 3 + 3 + 6 and not manifest.duplicated(["task", "metric"]).any()
+    assert set(manifest.loc[manifest.task == "caps", "kind"]) == {"retrieval"}
+    assert manifest.value.between(0, 1).all()
+
+    summary = outcome.summary
+    tasks = {t["name"]: t for t in summary["tasks"]}
+    assert tasks["colour"]["samples"] == 6 and tasks["colour"]["skip_reasons"] == {"undecodable_image": 1}
+    assert tasks["caps"]["captions"] == 9 and summary["samples_skipped"] == 1
+    assert "| colour |" in summary["metrics_table"] and "| caps |" in summary["metrics_table"]
+    assert summary["registry"]["promoted"] is False and "no MLflow run" in summary["registry"]["reason"]
+    assert summary["registry"]["exports_attached"] == ["image_encoder.mlpackage", "image_encoder.onnx"]
+    assert ctx.tracker.tags["clipforge.registry.promoted"] == "false"  # type: ignore[attr-defined]
+    json.dumps(summary)  # the report must be JSON-able
+
+
+def test_missing_promotion_metric_is_a_recorded_skip(lake: dict[str, Path], tmp_path: Path) -> None:
+    # The embedded benchmark alone has no task named like this metric: nothing is registered.
+    ctx = _ctx(tmp_path, lake, run_id="not-used", promotion_metric="colour/top7")
+    outcome = run(ctx)
+    assert outcome.summary["registry"]["version"] is None
+    assert "not computed" in outcome.summary["registry"]["reason"]
+
+
+def test_duplicate_task_names_across_benchmarks_are_an_error(lake: dict[str, Path], tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, lake, extra_benchmarks=[str(lake["embedded_corpus"] / "benchmark")])
+    with pytest.raises(ValueError, match="appears in both"):
+        run(ctx)
+
+
+@pytest.fixture()
+def mlflow_experiment(tmp_path: Path) -> Iterator[str]:
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    yield configure(
+        MlflowConfig(
+            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+            artifact_location=str(tmp_path / "mlartifacts"),
+            experiment="evaluation-test",
+        )
+    )
+    mlflow.set_tracking_uri(previous)
+
+
+def test_run_registers_and_promotes(lake: dict[str, Path], tmp_path: Path, mlflow_experiment: str) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    decisions = []
+    for attempt in range(2):
+        with mlflow.start_run(experiment_id=mlflow_experiment) as active:
+            ctx = _ctx(tmp_path / str(attempt), lake, run_id=active.info.run_id, registered_model="evaluated")
+            decisions.append(run(ctx).summary["registry"])
+    first, second = decisions
+    assert first["version"] == 1 and first["promoted"] and first["metric"] == "zeroshot_top1_mean"
+    assert math.isfinite(first["value"])
+    # Same weights, same benchmark: the same value is not strictly better.
+    assert second["version"] == 2 and not second["promoted"] and second["previous_champion"] == 1
+    champion = MlflowClient().get_model_version_by_alias("evaluated", "champion")
+    assert int(champion.version) == 1
+    assert float(champion.tags["clipforge.metric.zeroshot_top1_mean"]) == pytest.approx(first["value"])
+
+
+def test_run_on_generated_embedded_benchmark(lake: dict[str, Path], tmp_path: Path) -> None:
+    embedded_corpus = pytest.importorskip("pipelines.embedded_corpus")
+    from clipforge.config import EmbeddedCorpusConfig
+
+    corpus = tmp_path / "embedded_corpus"
+    embedded_corpus.generate_benchmark(corpus / "benchmark", EmbeddedCorpusConfig(benchmark_size=6, image_size=32))
+    inputs = {**lake, "embedded_corpus": corpus}
+    outcome = run(_ctx(tmp_path, inputs))
+    kinds = dict(zip(outcome.manifest.task, outcome.manifest.kind, strict=True))
+    assert "retrieval" in kinds.values() and "classification" in kinds.values()
+    assert {"zeroshot_top1_mean", "retrieval_mean_r1"} <= set(outcome.metrics)
+    assert all(t["samples"] == 6 for t in outcome.summary["tasks"])

@@ -1,0 +1,200 @@
+"""The ``evaluation`` stage: zero-shot benchmark metrics, then MLflow registry promotion.
+
+Reads the reparameterized student (``reparameterized_model/model``), the exported files
+(``coreml_package``: attached to the registered version) and the embedded benchmark
+(``embedded_corpus/benchmark``) plus ``params.evaluation.extra_benchmarks``, all in
+clip_benchmark's webdataset layout. Writes ``metrics.json`` (flat name -> value) and a
+manifest with one row per task and metric (docs/stages.md).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from clipforge.stage_api import StageContext, StageOutcome
+from training.benchmark_data import TaskSpec, list_tasks, load_task
+from training.students import load_student
+from training.zeroshot import evaluate_task
+
+METRICS_FILE = "metrics.json"
+EXPORT_SUFFIXES = (".mlpackage", ".onnx")
+CLASSIFICATION_METRICS = ("top1", "top5", "mean_per_class_recall")
+RETRIEVAL_METRICS = ("image_r1", "image_r5", "image_r10", "text_r1", "text_r5", "text_r10")
+
+
+def benchmark_roots(ctx: StageContext) -> list[Path]:
+    """The embedded benchmark first, then each extra clip_benchmark-format folder."""
+    roots = [ctx.inputs["embedded_corpus"] / "benchmark"]
+    for extra in ctx.params.evaluation.extra_benchmarks:
+        path = Path(extra).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"evaluation.extra_benchmarks: {extra!r} is not a folder")
+        roots.append(path)
+    return roots
+
+
+def gather_tasks(roots: list[Path]) -> list[TaskSpec]:
+    specs: list[TaskSpec] = []
+    seen: dict[str, Path] = {}
+    for root in roots:
+        for spec in list_tasks(root):
+            if spec.name in seen:
+                raise ValueError(f"task name {spec.name!r} appears in both {seen[spec.name]} and {spec.folder}")
+            seen[spec.name] = spec.folder
+            specs.append(spec)
+    return specs
+
+
+def export_files(ctx: StageContext) -> dict[str, Path]:
+    """The coreml_package files to attach to the registered version (.mlpackage folders, .onnx)."""
+    folder = ctx.inputs.get("coreml_package")
+    if folder is None:
+        return {}
+    return {p.name: p for p in sorted(folder.iterdir()) if p.suffix in EXPORT_SUFFIXES}
+
+
+def aggregate(metrics: dict[str, float], kinds: dict[str, str]) -> dict[str, float]:
+    """``zeroshot_top1_mean`` over classification tasks, ``retrieval_mean_r1`` (mean of image and
+    text R@1, averaged over retrieval tasks); each present only when such tasks exist."""
+    out: dict[str, float] = {}
+    cls = [metrics[f"{t}/top1"] for t, k in kinds.items() if k == "classification"]
+    ret = [(metrics[f"{t}/image_r1"] + metrics[f"{t}/text_r1"]) / 2 for t, k in kinds.items() if k == "retrieval"]
+    if cls:
+        out["zeroshot_top1_mean"] = sum(cls) / len(cls)
+    if ret:
+        out["retrieval_mean_r1"] = sum(ret) / len(ret)
+    return out
+
+
+def metrics_table(metrics: dict[str, float], kinds: dict[str, str]) -> str:
+    """Markdown: one table per task kind, then the aggregates."""
+    lines: list[str] = []
+    cls_tasks = [t for t, k in kinds.items() if k == "classification"]
+    ret_tasks = [t for t, k in kinds.items() if k == "retrieval"]
+    if cls_tasks:
+        lines += ["| task | top-1 | top-5 | mean per-class recall |", "|---|---|---|---|"]
+        lines += [
+            f"| {t} | " + " | ".join(f"{metrics[f'{t}/{m}']:.4f}" for m in CLASSIFICATION_METRICS) + " |"
+            for t in cls_tasks
+        ]
+        lines.append("")
+    if ret_tasks:
+        lines += [
+            "| task | text→image R@1 | R@5 | R@10 | image→text R@1 | R@5 | R@10 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {t} | " + " | ".join(f"{metrics[f'{t}/{m}']:.4f}" for m in RETRIEVAL_METRICS) + " |" for t in ret_tasks
+        ]
+        lines.append("")
+    for name in ("zeroshot_top1_mean", "retrieval_mean_r1"):
+        if name in metrics:
+            lines.append(f"**{name}**: {metrics[name]:.4f}  ")
+    return "\n".join(lines).rstrip()
+
+
+def _promote(ctx: StageContext, model_dir: Path, metrics: dict[str, float]) -> dict[str, Any]:
+    cfg = ctx.params.evaluation
+    exports = export_files(ctx)
+    base = {
+        "registered_model": cfg.registered_model,
+        "alias": cfg.champion_alias,
+        "metric": cfg.promotion_metric,
+        "exports_attached": sorted(exports),
+    }
+    if ctx.run_id is None:
+        return {**base, "promoted": False, "version": None, "reason": "no MLflow run (tracking off): not registered"}
+    if cfg.promotion_metric not in metrics:
+        reason = f"promotion metric {cfg.promotion_metric!r} was not computed (no such task kind): not registered"
+        return {**base, "promoted": False, "version": None, "reason": reason}
+    from training.model_registry import promote_if_better
+
+    decision = promote_if_better(
+        run_id=ctx.run_id,
+        model_dir=model_dir,
+        extra_artifacts=exports,
+        metrics=metrics,
+        registered_model=cfg.registered_model,
+        metric=cfg.promotion_metric,
+        alias=cfg.champion_alias,
+    )
+    return {**base, **decision}
+
+
+def run(ctx: StageContext) -> StageOutcome:
+    cfg = ctx.params.evaluation
+    model_dir = ctx.inputs["reparameterized_model"] / "model"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_student(model_dir).to(device).eval()
+    tokenizer = model.tokenizer()
+    image_size = model.info.image_size
+
+    specs = gather_tasks(benchmark_roots(ctx))
+    metrics: dict[str, float] = {}
+    kinds: dict[str, str] = {}
+    rows: list[dict[str, Any]] = []
+    tasks_summary: list[dict[str, Any]] = []
+    for spec in specs:
+        task = load_task(spec)  # one task decoded at a time: memory stays bounded by the largest
+
+        def progress(items: Iterable[Any], desc: str, total: int | None = None, _t: str = spec.name) -> Iterator[Any]:
+            return ctx.progress(items, f"{_t} {desc}", total)
+
+        task_metrics = evaluate_task(model, tokenizer, image_size, task, cfg.batch_size, device, progress)
+        kinds[spec.name] = spec.type
+        for metric, value in task_metrics.items():
+            metrics[f"{spec.name}/{metric}"] = value
+            rows.append(
+                {
+                    "task": spec.name,
+                    "kind": spec.type,
+                    "metric": metric,
+                    "value": value,
+                    "num_samples": len(task),
+                    "source": str(spec.folder),
+                }
+            )
+        tasks_summary.append(
+            {
+                "name": spec.name,
+                "type": spec.type,
+                "source": str(spec.folder),
+                "samples": len(task),
+                "skipped": task.num_skipped,
+                "skip_reasons": task.skipped,
+                "classes": len(task.classnames) if spec.type == "classification" else None,
+                "captions": sum(len(c) for c in task.captions) if task.captions is not None else None,
+            }
+        )
+        del task
+
+    metrics.update(aggregate(metrics, kinds))
+    (ctx.out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    ctx.tracker.log_artifact(ctx.out_dir / METRICS_FILE)
+    table = metrics_table(metrics, kinds)
+    registry = _promote(ctx, model_dir, metrics)
+    # Beside the report: the decision on the MLflow run itself, searchable in the UI.
+    ctx.tracker.set_tags(
+        {
+            "clipforge.registry.version": str(registry["version"]),
+            "clipforge.registry.promoted": str(registry["promoted"]).lower(),
+            "clipforge.registry.reason": registry["reason"],
+        }
+    )
+
+    summary = {
+        "model": str(model_dir),
+        "device": device,
+        "tasks": tasks_summary,
+        "samples_skipped": sum(t["skipped"] for t in tasks_summary),
+        "metrics_table": table,
+        "registry": registry,
+    }
+    manifest = pd.DataFrame(rows, columns=["task", "kind", "metric", "value", "num_samples", "source"])
+    return StageOutcome(manifest=manifest, summary=summary, metrics=metrics)
