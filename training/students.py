@@ -94,15 +94,26 @@ def build_student(name: str) -> StudentClip:
     return STUDENT_REGISTRY[name]()
 
 
-def save_student(model: StudentClip, folder: Path) -> None:
+def save_student(model: StudentClip, folder: Path, *, reparameterized: bool = False) -> None:
+    """Write ``student.json`` + ``weights.pt``; ``reparameterized=True`` marks folded weights."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), folder / WEIGHTS_FILE)
-    (folder / STUDENT_FILE).write_text(json.dumps(asdict(model.info), indent=2))
+    record = asdict(model.info)
+    if reparameterized:
+        # Folded weights only load into a folded module tree (see load_student).
+        record["reparameterized"] = True
+    (folder / STUDENT_FILE).write_text(json.dumps(record, indent=2))
 
 
 def load_student(folder: Path) -> StudentClip:
     info = json.loads((folder / STUDENT_FILE).read_text())
     model = build_student(info["variant"])
+    if info.get("reparameterized", False):
+        # Rebuild the inference-time structure: fold the fresh model (eval mode, the same walk
+        # export.reparameterize performs) so the folded state dict's keys and shapes match.
+        from timm.utils import reparameterize_model
+
+        model = reparameterize_model(model.eval(), inplace=True)
     state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()

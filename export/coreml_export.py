@@ -1,0 +1,459 @@
+"""Core ML export of a student's image and text encoders, and a check of what was written.
+
+Interface (what an app sees, METHOD.md 2.9):
+- image encoder: input ``image``, an RGB image S x S; Core ML scales pixels by 1/255 (bias 0)
+  so the model sees [0, 1] floats [1, 3, S, S]; the student's own mean/std normalisation
+  runs inside the network; output ``embedding`` float32 [1, D], L2-normalised.
+- text encoder: input ``tokens`` int32 [1, context_length] (the student's tokenizer);
+  output ``embedding`` float32 [1, D], L2-normalised.
+
+Route: ``torch.export.export(...).run_decompositions({})`` then ``coremltools.convert`` into
+an mlprogram; the ``torch.jit.trace`` route fails with torch 2.14. Core ML cannot run a
+prediction on Linux, so a package is verified from its spec and its MIL program (names,
+types, shapes, input scale, weight precision, metadata) and, with ``verify_coreml_weights``,
+by comparing the weights it stores with the PyTorch module's; the ONNX Runtime run of the
+same wrapper modules (``export.onnx_export``) checks the numerics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+import clipforge
+from training.students import StudentClip
+
+IMAGE_INPUT = "image"
+TEXT_INPUT = "tokens"
+OUTPUT_NAME = "embedding"
+IMAGE_SCALE = 1.0 / 255.0
+AUTHOR = "clipforge"
+
+Precision = Literal["float16", "float32"]
+
+
+class ImageEncoder(nn.Module):
+    """[B, 3, S, S] floats in [0, 1] -> [B, D] normalised (mean/std applied by the student)."""
+
+    def __init__(self, student: StudentClip) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.student.encode_image(image)
+
+
+class TextEncoder(nn.Module):
+    """[B, context_length] int32 token ids -> [B, D] normalised.
+
+    Apps hand over int32 (Core ML's integer array type); embedding lookups want int64.
+    """
+
+    def __init__(self, student: StudentClip) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.student.encode_text(tokens.to(torch.int64))
+
+
+def example_image(student: StudentClip, batch: int = 1) -> torch.Tensor:
+    size = student.info.image_size
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def example_tokens(student: StudentClip) -> torch.Tensor:
+    return student.tokenizer()(["a photo of a cat"]).to(torch.int32)
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """sha256 over the state dict (sorted names, dtypes, shapes, bytes): ties a file to weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def encoder_metadata(student: StudentClip, tower: str, module: nn.Module) -> dict[str, str]:
+    """User-defined metadata stored in (and checked from) a package."""
+    info = student.info
+    return {
+        "tower": tower,
+        "variant": info.variant,
+        "embed_dim": str(info.embed_dim),
+        "tokenizer": info.tokenizer,
+        "context_length": str(info.context_length),
+        "image_size": str(info.image_size),
+        "clipforge_version": clipforge.__version__,
+        "weights_sha256": weights_fingerprint(module),
+    }
+
+
+@dataclass(frozen=True)
+class CoremlExpectation:
+    """What a package must look like; built from the student by ``expected_*_spec``."""
+
+    input_name: str
+    input_kind: Literal["image", "tensor"]
+    # (1, 3, S, S) for the image, (1, context_length) for tokens.
+    input_shape: tuple[int, ...]
+    embed_dim: int
+    precision: Precision = "float16"
+    minimum_deployment_target: str = "iOS17"
+    output_name: str = OUTPUT_NAME
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def expected_image_spec(
+    student: StudentClip, precision: Precision = "float16", target: str = "iOS17"
+) -> CoremlExpectation:
+    size = student.info.image_size
+    return CoremlExpectation(
+        input_name=IMAGE_INPUT,
+        input_kind="image",
+        input_shape=(1, 3, size, size),
+        embed_dim=student.info.embed_dim,
+        precision=precision,
+        minimum_deployment_target=target,
+        metadata=encoder_metadata(student, "image", ImageEncoder(student)),
+    )
+
+
+def expected_text_spec(
+    student: StudentClip, precision: Precision = "float16", target: str = "iOS17"
+) -> CoremlExpectation:
+    return CoremlExpectation(
+        input_name=TEXT_INPUT,
+        input_kind="tensor",
+        input_shape=(1, student.info.context_length),
+        embed_dim=student.info.embed_dim,
+        precision=precision,
+        minimum_deployment_target=target,
+        metadata=encoder_metadata(student, "text", TextEncoder(student)),
+    )
+
+
+def _target(name: str) -> Any:
+    import coremltools as ct
+
+    target = getattr(ct.target, name, None)
+    if target is None:
+        raise ValueError(f"unknown Core ML deployment target {name!r}; e.g. iOS16, iOS17, iOS18, macOS14")
+    if target.value < ct.target.iOS15.value:
+        raise ValueError(f"an mlprogram needs iOS15 or later, got {name!r}")
+    return target
+
+
+def _precision(name: str) -> Any:
+    import coremltools as ct
+
+    if name not in ("float16", "float32"):
+        raise ValueError(f"compute precision must be float16 or float32, got {name!r}")
+    return ct.precision.FLOAT16 if name == "float16" else ct.precision.FLOAT32
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    tower: str
+    seconds: float  # torch.export + conversion + save
+
+
+def _convert(module: nn.Module, example: torch.Tensor, ct_input: Any, precision: str, target: str) -> Any:
+    import coremltools as ct
+
+    exported = torch.export.export(module.eval(), (example,)).run_decompositions({})
+    return ct.convert(
+        exported,
+        inputs=[ct_input],
+        # float32 output: the app computes similarities on it; the network itself runs in
+        # the compute precision.
+        outputs=[ct.TensorType(name=OUTPUT_NAME, dtype=np.float32)],
+        convert_to="mlprogram",
+        minimum_deployment_target=_target(target),
+        compute_precision=_precision(precision),
+    )
+
+
+def _describe(mlmodel: Any, student: StudentClip, tower: str, module: nn.Module, description: str) -> None:
+    mlmodel.author = AUTHOR
+    mlmodel.short_description = description
+    mlmodel.version = clipforge.__version__
+    mlmodel.user_defined_metadata.update(encoder_metadata(student, tower, module))
+    mlmodel.output_description[OUTPUT_NAME] = f"L2-normalised {student.info.embed_dim}-d {tower} embedding"
+
+
+def export_image_encoder(
+    student: StudentClip, path: Path, *, precision: Precision = "float16", target: str = "iOS17"
+) -> ExportResult:
+    """Write ``path`` (an .mlpackage) for the image tower of an eval-mode student."""
+    import coremltools as ct
+
+    started = time.perf_counter()
+    size = student.info.image_size
+    module = ImageEncoder(student.eval())
+    ct_input = ct.ImageType(
+        name=IMAGE_INPUT,
+        shape=(1, 3, size, size),
+        scale=IMAGE_SCALE,
+        bias=[0.0, 0.0, 0.0],
+        color_layout=ct.colorlayout.RGB,
+    )
+    mlmodel = _convert(module, example_image(student), ct_input, precision, target)
+    _describe(
+        mlmodel,
+        student,
+        "image",
+        module,
+        f"{student.info.variant} image encoder: RGB {size}x{size} image, pixels scaled by 1/255 "
+        f"(mean/std applied inside) -> L2-normalised {student.info.embed_dim}-d embedding",
+    )
+    mlmodel.input_description[IMAGE_INPUT] = f"RGB image, {size}x{size}, centre-cropped"
+    mlmodel.save(str(path))
+    return ExportResult(path=path, tower="image", seconds=time.perf_counter() - started)
+
+
+def export_text_encoder(
+    student: StudentClip, path: Path, *, precision: Precision = "float16", target: str = "iOS17"
+) -> ExportResult:
+    """Write ``path`` (an .mlpackage) for the text tower of an eval-mode student."""
+    import coremltools as ct
+
+    started = time.perf_counter()
+    length = student.info.context_length
+    module = TextEncoder(student.eval())
+    ct_input = ct.TensorType(name=TEXT_INPUT, shape=(1, length), dtype=np.int32)
+    mlmodel = _convert(module, example_tokens(student), ct_input, precision, target)
+    _describe(
+        mlmodel,
+        student,
+        "text",
+        module,
+        f"{student.info.variant} text encoder: int32 token ids [1, {length}] "
+        f"(tokenizer {student.info.tokenizer}) -> L2-normalised {student.info.embed_dim}-d embedding",
+    )
+    mlmodel.input_description[TEXT_INPUT] = f"int32 token ids [1, {length}], zero-padded"
+    mlmodel.save(str(path))
+    return ExportResult(path=path, tower="text", seconds=time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification
+
+
+@dataclass
+class CoremlCheck:
+    path: Path
+    problems: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+
+def _load_program(path: Path) -> tuple[Any, Any]:
+    """(spec, MIL program) of a saved package; reading the program reads the weight file."""
+    import coremltools as ct
+    from coremltools.converters.mil.frontend.milproto.load import load as milproto_load
+
+    mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
+    spec = mlmodel.get_spec()
+    program = milproto_load(spec, specification_version=spec.specificationVersion, file_weights_dir=mlmodel.weights_dir)
+    return spec, program
+
+
+def _array_dtype_name(array_type: Any) -> str:
+    from coremltools.proto import FeatureTypes_pb2
+
+    return FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(array_type.dataType)
+
+
+def _check_io(spec: Any, expected: CoremlExpectation, problems: list[str]) -> None:
+    inputs, outputs = list(spec.description.input), list(spec.description.output)
+    if [f.name for f in inputs] != [expected.input_name]:
+        problems.append(f"inputs are {[f.name for f in inputs]}, expected [{expected.input_name!r}]")
+    else:
+        kind = inputs[0].type.WhichOneof("Type")
+        if expected.input_kind == "image":
+            image = inputs[0].type.imageType
+            size = (expected.input_shape[2], expected.input_shape[3])
+            if kind != "imageType":
+                problems.append(f"input {expected.input_name!r} is a {kind}, expected an image")
+            elif (image.height, image.width) != size:
+                problems.append(f"image input is {image.height}x{image.width}, expected {size[0]}x{size[1]}")
+            elif image.ColorSpace.Name(image.colorSpace) != "RGB":
+                problems.append(f"image colour space is {image.ColorSpace.Name(image.colorSpace)}, expected RGB")
+        else:
+            array = inputs[0].type.multiArrayType
+            if kind != "multiArrayType":
+                problems.append(f"input {expected.input_name!r} is a {kind}, expected a multi-array")
+            elif tuple(array.shape) != expected.input_shape or _array_dtype_name(array) != "INT32":
+                problems.append(
+                    f"input {expected.input_name!r} is {_array_dtype_name(array)} {tuple(array.shape)}, "
+                    f"expected INT32 {expected.input_shape}"
+                )
+    if [f.name for f in outputs] != [expected.output_name]:
+        problems.append(f"outputs are {[f.name for f in outputs]}, expected [{expected.output_name!r}]")
+    else:
+        array = outputs[0].type.multiArrayType
+        shape, dtype = tuple(array.shape), _array_dtype_name(array)
+        if shape != (1, expected.embed_dim) or dtype != "FLOAT32":
+            problems.append(f"output is {dtype} {shape}, expected FLOAT32 (1, {expected.embed_dim})")
+
+
+def _check_program(program: Any, expected: CoremlExpectation, problems: list[str], facts: dict[str, Any]) -> None:
+    from coremltools.converters.mil.mil import types
+
+    main = program.functions["main"]
+    operations = list(main.operations)
+    # Weight precision: every float tensor constant of some size is stored in the compute
+    # precision (small scalars such as the 1/255 input scale stay fp32 by design).
+    weight_dtypes: dict[str, int] = {}
+    for op in operations:
+        value = op.outputs[0].val if op.op_type == "const" else None
+        if isinstance(value, np.ndarray) and value.size >= 16 and np.issubdtype(value.dtype, np.floating):
+            weight_dtypes[str(value.dtype)] = weight_dtypes.get(str(value.dtype), 0) + 1
+    facts["weight_dtypes"] = weight_dtypes
+    want = "float16" if expected.precision == "float16" else "float32"
+    wrong = {k: v for k, v in weight_dtypes.items() if k != want}
+    if not weight_dtypes:
+        problems.append("the program holds no weight constants")
+    elif wrong:
+        problems.append(f"weights stored as {wrong}, expected all {want} ({expected.precision} precision)")
+    facts["ops"] = len(operations)
+
+    if expected.input_kind == "image":
+        # ImageType preprocessing lives in the program: image -> mul(1/255) [-> add(bias)].
+        image = main.inputs.get(expected.input_name)
+        consumers = [op for op in operations if image is not None and image in op.inputs.values()]
+        scales = [op for op in consumers if op.op_type == "mul"]
+        scale = scales[0].inputs["y"].val if len(scales) == 1 else None
+        facts["input_scale"] = None if scale is None else float(np.asarray(scale).reshape(-1)[0])
+        if scale is None or not np.allclose(np.asarray(scale, dtype=np.float64), IMAGE_SCALE, rtol=1e-6):
+            problems.append(f"image input is not scaled by 1/255 (found {facts['input_scale']})")
+        else:
+            scaled = scales[0].outputs[0]
+            biases = [op for op in operations if scaled in op.inputs.values() and op.op_type == "add"]
+            if biases:
+                problems.append("image input has a bias after the 1/255 scale; expected bias 0")
+    elif expected.input_name in main.inputs and main.inputs[expected.input_name].dtype != types.int32:
+        problems.append(f"program input {expected.input_name!r} is not int32")
+
+
+def verify_coreml_spec(path: Path, expected: CoremlExpectation) -> CoremlCheck:
+    """Check a saved .mlpackage against ``expected``; problems are collected, never raised."""
+    check = CoremlCheck(path=Path(path))
+    problems, facts = check.problems, check.facts
+    if not Path(path).is_dir():
+        problems.append(f"{path} is not an .mlpackage folder")
+        return check
+    try:
+        spec, program = _load_program(Path(path))
+    except Exception as error:  # a corrupt package: record why, let the gate fail
+        problems.append(f"package does not load: {type(error).__name__}: {error}")
+        return check
+    facts["specification_version"] = int(spec.specificationVersion)
+    if spec.WhichOneof("Type") != "mlProgram":
+        problems.append(f"model type is {spec.WhichOneof('Type')}, expected mlProgram")
+        return check
+    target = _target(expected.minimum_deployment_target)
+    if spec.specificationVersion != target.value:
+        problems.append(
+            f"specification version {spec.specificationVersion} does not match deployment target "
+            f"{expected.minimum_deployment_target} ({target.value})"
+        )
+    _check_io(spec, expected, problems)
+    _check_program(program, expected, problems, facts)
+
+    metadata = spec.description.metadata
+    for field_name in ("author", "shortDescription", "versionString"):
+        if not getattr(metadata, field_name):
+            problems.append(f"metadata {field_name} is empty")
+    stored = dict(metadata.userDefined)
+    for key, value in expected.metadata.items():
+        if stored.get(key) != value:
+            problems.append(f"metadata {key!r} is {stored.get(key)!r}, expected {value!r}")
+    return check
+
+
+def _param_const_name(name: str) -> str:
+    # torch.export names a lifted parameter "p_" + its dotted path with dots as underscores;
+    # coremltools keeps that name on the constant (plus "_to_fp16" when it casts it).
+    return "p_" + name.replace(".", "_")
+
+
+def tower_parameters(module: nn.Module, tower: str) -> dict[str, torch.Tensor]:
+    """Parameters one tower's graph uses: under ``visual`` for the image, the rest for text."""
+    if tower not in ("image", "text"):
+        raise ValueError(f"tower must be 'image' or 'text', got {tower!r}")
+    out = {}
+    for name, param in module.named_parameters():
+        parts = name.split(".")
+        if parts[-1] in ("logit_scale", "logit_bias"):
+            continue  # used by the loss, by neither encoder
+        if ("visual" in parts) == (tower == "image"):
+            out[name] = param
+    return out
+
+
+def verify_coreml_weights(
+    path: Path,
+    module: nn.Module,
+    tower: str,
+    *,
+    min_matched_fraction: float = 0.5,
+    rtol: float = 2e-3,
+    atol: float = 1e-4,
+) -> CoremlCheck:
+    """Compare the weights a package stores with ``module``'s (the wrapper that was exported).
+
+    Constants are matched to the tower's parameters by name and shape; a parameter the
+    converter fused, deduplicated or rewrote (conv + BatchNorm, transposed projections) has
+    no match and is not compared. Fails when a matched constant differs beyond fp16
+    rounding (a different or corrupted model) or when too few parameter elements could be
+    matched to judge.
+    """
+    check = CoremlCheck(path=Path(path))
+    try:
+        _, program = _load_program(Path(path))
+    except Exception as error:
+        check.problems.append(f"package does not load: {type(error).__name__}: {error}")
+        return check
+    consts: dict[str, np.ndarray] = {}
+    for op in program.functions["main"].operations:
+        if op.op_type == "const" and isinstance(op.outputs[0].val, np.ndarray):
+            consts[op.name.removesuffix("_to_fp16")] = op.outputs[0].val
+    total = matched = 0
+    mismatched: list[str] = []
+    for name, param in tower_parameters(module, tower).items():
+        reference = param.detach().float().cpu().numpy()
+        total += reference.size
+        stored = consts.get(_param_const_name(name))
+        if stored is None or stored.shape != reference.shape:
+            continue
+        matched += reference.size
+        if not np.allclose(stored.astype(np.float32), reference, rtol=rtol, atol=atol):
+            error = float(np.abs(stored.astype(np.float32) - reference).max())
+            mismatched.append(f"{name} (max abs error {error:.3g})")
+    fraction = matched / total if total else 0.0
+    check.facts.update({"matched_fraction": round(fraction, 4), "mismatched": len(mismatched)})
+    if mismatched:
+        check.problems.append(
+            f"{len(mismatched)} stored weight tensors differ from the model: {', '.join(mismatched[:3])}"
+        )
+    if fraction < min_matched_fraction:
+        check.problems.append(
+            f"only {fraction:.0%} of parameter elements could be matched to stored weights "
+            f"(need {min_matched_fraction:.0%})"
+        )
+    return check

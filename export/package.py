@@ -1,0 +1,229 @@
+"""Stage ``coreml_package``: Core ML packages and ONNX files of the folded student, verified.
+
+Writes ``image_encoder.mlpackage``, ``text_encoder.mlpackage``, ``image_encoder.onnx`` and
+``text_encoder.onnx`` (interfaces in ``export.coreml_export`` / ``export.onnx_export``).
+Each file is then verified: Core ML packages by their spec, MIL program and stored weights
+(Core ML cannot predict on Linux), ONNX files by running them in ONNX Runtime against the
+PyTorch fp32 model. A failed verification is a manifest row with ``verified`` False, so the
+quality gate stops the chain with the reason; conversion errors raise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+
+from clipforge.config import CoremlPackageConfig
+from clipforge.stage_api import StageContext, StageOutcome
+from export.coreml_export import (
+    IMAGE_INPUT,
+    OUTPUT_NAME,
+    TEXT_INPUT,
+    ImageEncoder,
+    TextEncoder,
+    expected_image_spec,
+    expected_text_spec,
+    export_image_encoder,
+    export_text_encoder,
+    verify_coreml_spec,
+    verify_coreml_weights,
+)
+from export.onnx_export import (
+    EXPORTER_ROUTE,
+    export_image_onnx,
+    export_text_onnx,
+    verify_image_onnx,
+    verify_text_onnx,
+)
+from export.reparameterize import pending_folds
+from training.students import STUDENT_FILE, StudentClip, load_student
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PackageFile:
+    file: str
+    format: str  # "mlpackage" or "onnx"
+    tower: str  # "image" or "text"
+
+
+FILES = (
+    PackageFile("image_encoder.mlpackage", "mlpackage", "image"),
+    PackageFile("text_encoder.mlpackage", "mlpackage", "text"),
+    PackageFile("image_encoder.onnx", "onnx", "image"),
+    PackageFile("text_encoder.onnx", "onnx", "text"),
+)
+
+
+def path_bytes(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.is_file() else 0
+
+
+def path_sha256(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (relative paths and contents, sorted)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _exporter(entry: PackageFile, cfg: CoremlPackageConfig) -> Callable[[StudentClip, Path], Any]:
+    if entry.format == "mlpackage":
+        export = export_image_encoder if entry.tower == "image" else export_text_encoder
+        return lambda student, path: export(
+            student, path, precision=cfg.precision, target=cfg.minimum_deployment_target
+        )
+    export = export_image_onnx if entry.tower == "image" else export_text_onnx
+    return lambda student, path: export(student, path, opset=cfg.onnx_opset)
+
+
+def _no_progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
+    return iter(items)
+
+
+def export_package(
+    student: StudentClip, out_dir: Path, cfg: CoremlPackageConfig, progress: Callable[..., Any] = _no_progress
+) -> dict[str, float]:
+    """Write the four files into ``out_dir``; return conversion seconds per file."""
+    seconds: dict[str, float] = {}
+    for entry in progress(FILES, "export", len(FILES)):
+        result = _exporter(entry, cfg)(student.eval(), out_dir / entry.file)
+        seconds[entry.file] = round(result.seconds, 3)
+    return seconds
+
+
+def verify_file(entry: PackageFile, path: Path, student: StudentClip, cfg: CoremlPackageConfig) -> dict[str, Any]:
+    """One manifest row: ``verified``, ``cosine_min`` and the problems found (never raises)."""
+    problems: list[str] = []
+    facts: dict[str, Any] = {}
+    cosine = float("nan")
+    if not path.exists():
+        problems.append(f"{entry.file} was not written")
+    elif entry.format == "mlpackage":
+        build = expected_image_spec if entry.tower == "image" else expected_text_spec
+        spec_check = verify_coreml_spec(path, build(student, cfg.precision, cfg.minimum_deployment_target))
+        wrapper = ImageEncoder(student) if entry.tower == "image" else TextEncoder(student)
+        weight_check = verify_coreml_weights(path, wrapper, entry.tower)
+        problems += spec_check.problems + weight_check.problems
+        facts.update(spec_check.facts)
+        facts.update({f"weights_{k}": v for k, v in weight_check.facts.items()})
+    else:
+        verify = verify_image_onnx if entry.tower == "image" else verify_text_onnx
+        onnx_check = verify(path, student, min_cosine=cfg.onnx_min_cosine)
+        problems += onnx_check.problems
+        facts.update(onnx_check.facts)
+        facts.update({"samples": onnx_check.samples, "max_abs_diff": onnx_check.max_abs_diff})
+        cosine = onnx_check.cosine_min
+    return {
+        "file": entry.file,
+        "format": entry.format,
+        "tower": entry.tower,
+        "bytes": path_bytes(path),
+        "verified": not problems,
+        "cosine_min": cosine,
+        "sha256": path_sha256(path) if path.exists() else "",
+        "problems": "; ".join(problems),
+        "facts": json.dumps(facts, default=str, sort_keys=True),
+    }
+
+
+def verify_package(
+    out_dir: Path, student: StudentClip, cfg: CoremlPackageConfig, progress: Callable[..., Any] = _no_progress
+) -> pd.DataFrame:
+    """Manifest rows for the four files in ``out_dir``, checked against ``student``."""
+    rows = [verify_file(entry, out_dir / entry.file, student, cfg) for entry in progress(FILES, "verify", len(FILES))]
+    return pd.DataFrame(rows)
+
+
+def load_folded_student(folder: Path) -> StudentClip:
+    """The upstream folded student; refuses a folder that was not reparameterized."""
+    record = json.loads((folder / STUDENT_FILE).read_text())
+    if not record.get("reparameterized", False):
+        raise ValueError(
+            f'{folder / STUDENT_FILE} does not say "reparameterized": true; export only folded students '
+            "(run the reparameterized_model stage first)"
+        )
+    student = load_student(folder)
+    left = pending_folds(student)
+    if left:
+        raise ValueError(f"{folder} claims to be folded but blocks keep train-time branches: {', '.join(left[:5])}")
+    return student
+
+
+def interface(student: StudentClip) -> dict[str, Any]:
+    info = student.info
+    size, length, dim = info.image_size, info.context_length, info.embed_dim
+    return {
+        "image_encoder": {
+            "input": f"{IMAGE_INPUT}: RGB image {size}x{size} (Core ML scales by 1/255); "
+            f"ONNX: float32 [batch, 3, {size}, {size}] in [0, 1]",
+            "output": f"{OUTPUT_NAME}: float32 [1, {dim}] (ONNX [batch, {dim}]), L2-normalised",
+        },
+        "text_encoder": {
+            "input": f"{TEXT_INPUT}: int32 [1, {length}] (ONNX [batch, {length}]), tokenizer {info.tokenizer}",
+            "output": f"{OUTPUT_NAME}: float32 [1, {dim}] (ONNX [batch, {dim}]), L2-normalised",
+        },
+    }
+
+
+def run(ctx: StageContext) -> StageOutcome:
+    cfg = ctx.params.coreml_package
+    source = ctx.inputs["reparameterized_model"] / "model"
+    student = load_folded_student(source)
+
+    started = time.perf_counter()
+    seconds = export_package(student, ctx.out_dir, cfg, ctx.progress)
+    export_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    manifest = verify_package(ctx.out_dir, student, cfg, ctx.progress)
+    verify_seconds = time.perf_counter() - started
+    manifest["export_seconds"] = manifest["file"].map(seconds)
+
+    failed = manifest.loc[~manifest["verified"], ["file", "problems"]]
+    onnx_rows = manifest[manifest["format"] == "onnx"].set_index("tower")["cosine_min"]
+    summary = {
+        "variant": student.info.variant,
+        "exported": [entry.file for entry in FILES],
+        "interface": interface(student),
+        "coreml": {
+            "route": "torch.export.export(...).run_decompositions({}) -> coremltools.convert (mlprogram)",
+            "precision": cfg.precision,
+            "minimum_deployment_target": cfg.minimum_deployment_target,
+            "checked": "spec (names, types, shapes, version), MIL program (1/255 input scale, weight "
+            "precision), metadata, stored weights vs PyTorch; predictions cannot run on Linux",
+        },
+        "onnx": {
+            "route": EXPORTER_ROUTE,
+            "opset": cfg.onnx_opset,
+            "min_cosine_required": cfg.onnx_min_cosine,
+            "cosine_min": {tower: float(value) for tower, value in onnx_rows.items()},
+        },
+        "export_seconds": seconds,
+        "verify_seconds": round(verify_seconds, 3),
+        "verified_all": bool(manifest["verified"].all()),
+        "failed": {row.file: row.problems for row in failed.itertuples()},
+        "source": str(source),
+    }
+    metrics = {
+        "export_seconds": export_seconds,
+        "verify_seconds": verify_seconds,
+        "verified_files": float(manifest["verified"].sum()),
+        **{f"onnx_cosine_min_{tower}": float(value) for tower, value in onnx_rows.items()},
+        **{f"bytes_{row.file}": float(row.bytes) for row in manifest.itertuples()},
+    }
+    return StageOutcome(manifest=manifest, summary=summary, metrics=metrics)

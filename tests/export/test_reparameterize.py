@@ -1,0 +1,192 @@
+"""Folding train-time branches: refusal in train mode, pass-through, a real FastViT fold, reload."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import open_clip
+import pandas as pd
+import pytest
+import timm
+import torch
+from open_clip.model import CLIP
+from torch import nn
+
+from clipforge.config import load_params
+from clipforge.stage_api import StageContext
+from export.reparameterize import fold_state, pending_folds, reparameterize, run
+from training import students
+from training.students import StudentClip, StudentInfo, build_student, load_student, save_student
+
+REPO = Path(__file__).resolve().parents[2]
+FASTVIT_VARIANT = "test-fastvit-mci0"
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial running stats and affine terms.
+
+    Fresh BatchNorms (mean 0, var 1, weight 1, bias 0) are nearly identities, so a fold that
+    ignored them would still "match"; random statistics make a wrong fold visible.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                shape = module.running_mean.shape
+                module.running_mean.copy_(torch.randn(shape, generator=generator) * 0.2)
+                module.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(shape, generator=generator) * 0.1)
+    return model
+
+
+def fastvit_student() -> StudentClip:
+    """A small CLIP whose image tower is timm's fastvit_mci0 (MCi0), random init, 64 px."""
+    torch.manual_seed(0)
+    clip = CLIP(
+        embed_dim=32,
+        vision_cfg={
+            "timm_model_name": "fastvit_mci0",
+            "timm_model_pretrained": False,
+            "timm_pool": "avg",
+            "timm_proj": "linear",
+            "image_size": 64,
+        },
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+    )
+    info = StudentInfo(
+        variant=FASTVIT_VARIANT,
+        image_size=64,
+        context_length=77,
+        embed_dim=32,
+        mean=tuple(open_clip.OPENAI_DATASET_MEAN),
+        std=tuple(open_clip.OPENAI_DATASET_STD),
+        tokenizer="cf-tiny-vit-student",
+    )
+    return StudentClip(randomize_batchnorm(clip), info)
+
+
+@pytest.fixture
+def fastvit_variant(monkeypatch: pytest.MonkeyPatch) -> str:
+    # A real registry entry, so load_student rebuilds it exactly as it would a shipped variant.
+    monkeypatch.setitem(students.STUDENT_REGISTRY, FASTVIT_VARIANT, fastvit_student)
+    return FASTVIT_VARIANT
+
+
+def test_train_mode_is_refused() -> None:
+    model = timm.create_model("fastvit_mci0", pretrained=False, num_classes=0)
+    with pytest.raises(ValueError, match=r"train mode.*eval\(\)"):
+        reparameterize(model.train())
+    # One submodule left in train mode is the same mistake.
+    model.eval()
+    model.stem[0].train()
+    with pytest.raises(ValueError, match=r"stem\.0"):
+        reparameterize(model)
+
+
+def test_model_without_branches_passes_through_unchanged() -> None:
+    model = build_student("tiny-vit").eval()
+    folded, counts = reparameterize(model)
+    assert counts == {}
+    assert folded is not model  # always a copy
+    assert folded.state_dict().keys() == model.state_dict().keys()
+    for key, value in model.state_dict().items():
+        assert torch.equal(folded.state_dict()[key], value), key
+    pixels = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(folded.encode_image(pixels), model.encode_image(pixels))
+
+
+def test_fastvit_mci0_folds_within_tolerance() -> None:
+    torch.manual_seed(0)
+    model = randomize_batchnorm(timm.create_model("fastvit_mci0", pretrained=False, num_classes=0)).eval()
+    pixels = torch.rand(1, 3, 64, 64)
+    before_params = sum(p.numel() for p in model.parameters())
+    folded, counts = reparameterize(model)
+    with torch.no_grad():
+        reference, out = model(pixels), folded(pixels)
+    assert (reference - out).abs().max().item() <= 1e-4
+    # The blocks MCi0 is made of, all folded (nested MobileOne blocks of RepMixers included).
+    assert counts["MobileOneBlock"] > 0 and counts["RepMixer"] > 0
+    assert counts["RepConditionalPosEnc"] == 1 and counts["ReparamLargeKernelConv"] > 0
+    # No block is left with its branches: each foldable block now runs one reparam_conv.
+    foldable = [(name, m) for name, m in folded.named_modules() if hasattr(m, "reparameterize")]
+    assert foldable and all(m.reparam_conv is not None for _, m in foldable)
+    assert pending_folds(folded) == []
+    assert not any(isinstance(m, nn.BatchNorm2d) for _, b in foldable for m in b.modules())
+    assert sum(p.numel() for p in folded.parameters()) < before_params
+    # The original stays unfolded: folding works on a copy.
+    originals = dict(model.named_modules())
+    assert all(fold_state(originals[name]) == "unfolded" for name, _ in foldable)
+
+
+def test_folded_student_reloads(tmp_path: Path, fastvit_variant: str) -> None:
+    model = build_student(fastvit_variant).eval()
+    folded, counts = reparameterize(model)
+    assert sum(counts.values()) > 0
+    save_student(folded, tmp_path / "model", reparameterized=True)
+    assert json.loads((tmp_path / "model" / "student.json").read_text())["reparameterized"] is True
+
+    reloaded = load_student(tmp_path / "model")
+    assert pending_folds(reloaded) == []
+    pixels = torch.rand(2, 3, 64, 64)
+    tokens = reloaded.tokenizer()(["a red square", "two blue circles"])
+    with torch.no_grad():
+        assert torch.allclose(reloaded.encode_image(pixels), folded.encode_image(pixels), atol=1e-6)
+        assert torch.allclose(reloaded.encode_text(tokens), model.encode_text(tokens), atol=1e-6)
+        assert (reloaded.encode_image(pixels) - model.encode_image(pixels)).abs().max() <= 1e-4
+
+
+def test_plain_student_folder_still_loads_as_before(tmp_path: Path) -> None:
+    model = build_student("tiny-vit").eval()
+    save_student(model, tmp_path / "model")
+    assert "reparameterized" not in json.loads((tmp_path / "model" / "student.json").read_text())
+    reloaded = load_student(tmp_path / "model")
+    pixels = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(reloaded.encode_image(pixels), model.encode_image(pixels))
+
+
+def _stage_context(tmp_path: Path, model: StudentClip) -> StageContext:
+    upstream = tmp_path / "student_model"
+    save_student(model, upstream / "model")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    params = load_params(REPO / "profiles" / "tiny.yaml")
+    return StageContext(
+        name="reparameterized_model",
+        params=params,
+        inputs={"student_model": upstream},
+        out_dir=out_dir,
+        show_progress=False,
+    )
+
+
+def _check_manifest(manifest: pd.DataFrame, atol: float) -> None:
+    assert sorted(manifest["tower"]) == ["image", "text"]
+    assert (manifest["folded_modules"] >= 0).all()
+    assert (manifest["max_abs_diff"] <= atol).all()
+
+
+def test_stage_on_plain_student_reports_pass_through(tmp_path: Path) -> None:
+    ctx = _stage_context(tmp_path, build_student("tiny-vit").eval())
+    outcome = run(ctx)
+    _check_manifest(outcome.manifest, ctx.params.reparameterized_model.atol)
+    assert outcome.summary["pass_through"] is True
+    assert (outcome.manifest["folded_modules"] == 0).all()
+    assert (outcome.manifest["max_abs_diff"] == 0).all()
+    record = json.loads((ctx.out_dir / "model" / "student.json").read_text())
+    assert record["reparameterized"] is True and record["variant"] == "tiny-vit"
+    load_student(ctx.out_dir / "model")
+
+
+def test_stage_on_fastvit_student_folds_the_image_tower(tmp_path: Path, fastvit_variant: str) -> None:
+    ctx = _stage_context(tmp_path, build_student(fastvit_variant).eval())
+    outcome = run(ctx)
+    _check_manifest(outcome.manifest, ctx.params.reparameterized_model.atol)
+    per_tower = outcome.manifest.set_index("tower")["folded_modules"]
+    assert per_tower["image"] > 0 and per_tower["text"] == 0
+    assert outcome.summary["pass_through"] is False
+    assert outcome.summary["params_after"] < outcome.summary["params_before"]
+    assert pending_folds(load_student(ctx.out_dir / "model")) == []
