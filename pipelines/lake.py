@@ -163,6 +163,8 @@ class Lake:
         if (local / SUCCESS_MARKER).is_file():
             return local
         tmp = local.with_name(local.name + f".part-{uuid.uuid4().hex[:8]}")
+        # Created up front: a stage may publish no file besides the marker.
+        tmp.mkdir(parents=True, exist_ok=True)
         prefix = self._root_s3.join(stage, pointer["version"])
         for rel in pointer["files"]:
             s3_download(self._client, prefix.bucket, f"{prefix.key}/{rel}", tmp / rel)

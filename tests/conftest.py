@@ -1,0 +1,94 @@
+"""Shared fixtures: a real S3 endpoint (moto's standalone server) and tiny-profile params."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clipforge.config import Params, load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Dummy credentials for moto; tests that check error messages look for these strings.
+DUMMY_ACCESS_KEY = "clipforge-test-access-key"
+DUMMY_SECRET_KEY = "clipforge-test-secret-key"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_until_answers(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto server exited early with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer means the server is up
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    raise RuntimeError(f"moto server at {url} did not answer within {timeout:.0f} s")
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[str]:
+    """Endpoint URL of a moto S3 server running as a subprocess for the whole session."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    try:
+        _wait_until_answers(endpoint, proc)
+        os.environ["AWS_ACCESS_KEY_ID"] = DUMMY_ACCESS_KEY
+        os.environ["AWS_SECRET_ACCESS_KEY"] = DUMMY_SECRET_KEY
+        os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def tiny_params_for(tmp_path: Path, overrides: list[str] | None = None) -> Params:
+    """profiles/tiny.yaml with the lake and MLflow stores under ``tmp_path``."""
+    return load_params(
+        ROOT / "profiles" / "tiny.yaml",
+        [
+            f"lake.root={tmp_path / 'lake'}",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"mlflow.artifact_location={tmp_path / 'mlartifacts'}",
+            *(overrides or []),
+        ],
+    )
+
+
+@pytest.fixture
+def tiny_params(tmp_path: Path) -> Params:
+    return tiny_params_for(tmp_path)
