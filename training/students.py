@@ -82,10 +82,36 @@ def _open_clip_student(variant: str, model_name: str) -> StudentClip:
     return StudentClip(clip, info)
 
 
-# name -> builder. A builder returns a freshly initialised student.
-STUDENT_REGISTRY: dict[str, Callable[[], StudentClip]] = {
-    "tiny-vit": lambda: _open_clip_student("tiny-vit", "cf-tiny-vit-student"),
-}
+def _mobileclip_student(variant: str) -> StudentClip:
+    from training.mobileclip import build_mobileclip, variant_config
+
+    cfg = variant_config(variant)
+    info = StudentInfo(
+        variant=variant,
+        image_size=cfg.image_size,
+        context_length=cfg.context_length,
+        embed_dim=cfg.embed_dim,
+        mean=tuple(cfg.mean),
+        std=tuple(cfg.std),
+        tokenizer=cfg.tokenizer,
+    )
+    return StudentClip(build_mobileclip(variant), info)
+
+
+def _registry() -> dict[str, Callable[[], StudentClip]]:
+    from training.mobileclip import list_variants
+
+    registry: dict[str, Callable[[], StudentClip]] = {
+        "tiny-vit": lambda: _open_clip_student("tiny-vit", "cf-tiny-vit-student"),
+    }
+    for name in list_variants():
+        registry[name] = lambda name=name: _mobileclip_student(name)
+    return registry
+
+
+# name -> builder. A builder returns a freshly initialised student: clipforge's open_clip
+# tiny-vit and every MobileCLIP variant (training/mobileclip), MobileCLIP-nano for CPU runs.
+STUDENT_REGISTRY: dict[str, Callable[[], StudentClip]] = _registry()
 
 
 def build_student(name: str) -> StudentClip:
