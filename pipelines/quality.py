@@ -316,6 +316,9 @@ def _batch_definition() -> Any:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    # This module pins its own logger to INFO on import; quiet it after the import.
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.ERROR)
+
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     asset = context.data_sources.add_pandas("clipforge").add_dataframe_asset("manifest")

@@ -17,6 +17,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     # constraints.txt pins the whole resolved set; torch/torchvision come from this machine's disk.
     .venv/bin/python -m pip install --quiet --progress-bar off -c constraints.txt -e '.[dev]'
+    # Dagster 1.13's asset-selection parser (`dagster asset materialize --select ...`) needs
+    # antlr4 4.13; dvc -> hydra-core -> omegaconf pins 4.9, used only by `dvc exp run -S`
+    # (not by `dvc repro`). The selection CLI wins; pip cannot express the override.
+    .venv/bin/python -m pip install --quiet --no-deps antlr4-python3-runtime==4.13.2
     echo "$want" > "$stamp"
 fi
 
