@@ -424,7 +424,10 @@ def train_coca(
 
     def step_loss(pixels: torch.Tensor, toks: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         contrastive, caption = coca_losses(model, pixels, toks, vocab, loss_fn)
-        return contrastive + caption, {"contrastive_loss": float(contrastive), "caption_loss": float(caption)}
+        return contrastive + caption, {
+            "contrastive_loss": float(contrastive.detach()),
+            "caption_loss": float(caption.detach()),
+        }
 
     result = train_loop(
         model, step_loss, corpus, tokens, train_idx, cfg, label=label, tracker=tracker, progress=progress

@@ -396,14 +396,18 @@ def sample_token_ids(
 
 
 _SPECIAL = re.compile(r"<start_of_text>|<end_of_text>")
+# The CLIP tokenizer splits punctuation off words and decodes it space-separated
+# ("polka - dot", "side , on"); glue it back as written text has it.
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,;:!?'])")
+_SPACED_HYPHEN = re.compile(r"(?<=\w)\s*-\s*(?=\w)")
 
 
 def decode_caption(tokenizer: object, ids: Sequence[int]) -> str:
     """Token ids -> caption text: special tokens stripped, cut at the first period (METHOD.md 2.3)."""
     text = tokenizer.decode(list(ids))  # type: ignore[attr-defined]
     text = _SPECIAL.sub(" ", text)
-    text = text.split(".", 1)[0]
-    return " ".join(text.split())
+    text = " ".join(text.split(".", 1)[0].split())
+    return _SPACED_HYPHEN.sub("-", _SPACE_BEFORE_PUNCT.sub(r"\1", text))
 
 
 def generate_captions(

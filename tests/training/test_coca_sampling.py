@@ -186,6 +186,8 @@ def test_decode_strips_and_cuts_at_first_period() -> None:
     assert cs.decode_caption(tok, ids) == "a red circle"
     body = tok.encode("two blue stars on a dotted background")
     assert cs.decode_caption(tok, body) == "two blue stars on a dotted background"
+    glued = tok.encode("a polka-dot background, on the left")
+    assert cs.decode_caption(tok, glued) == "a polka-dot background, on the left"
 
 
 def test_seeded_sampling_is_deterministic(pixels: torch.Tensor) -> None:
