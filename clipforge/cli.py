@@ -65,6 +65,28 @@ def _run(names: list[str], args: argparse.Namespace) -> int:
     return 0
 
 
+def _models() -> int:
+    """Every registered student with its towers' parameter counts (built weightless, on meta)."""
+    import torch
+
+    from training.students import STUDENT_REGISTRY, build_student
+
+    print(f"{'variant':18s} {'image (M)':>10s} {'text (M)':>10s} {'res':>4s} {'embed':>5s}  paper (M)")
+    for name in sorted(STUDENT_REGISTRY):
+        # The large variants are built weightless; open_clip's own models need real tensors.
+        with torch.device("meta" if name.startswith("MobileCLIP") else "cpu"):
+            student = build_student(name)
+        clip = student.clip
+        image = sum(p.numel() for p in clip.visual.parameters()) / 1e6
+        text = (sum(p.numel() for p in clip.parameters()) - sum(p.numel() for p in clip.visual.parameters())) / 1e6
+        text -= clip.logit_scale.numel() / 1e6
+        paper = getattr(getattr(clip, "config", None), "paper_params_m", None)
+        info = student.info
+        paper_text = f"{paper[0]} + {paper[1]}" if paper else "-"
+        print(f"{name:18s} {image:10.2f} {text:10.2f} {info.image_size:4d} {info.embed_dim:5d}  {paper_text}")
+    return 0
+
+
 def _summary(params: Params) -> int:
     """Per stage: rows, seconds, gate; then the evaluation metrics and exported files."""
     from pipelines.lake import Lake, StageNotPublished
@@ -107,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     chain.add_argument("--from", dest="first", choices=list(STAGES), default=CHAIN[0].name)
     chain.add_argument("--to", dest="last", choices=list(STAGES), default=CHAIN[-1].name)
     sub.add_parser("stages", help="list the stages of the chain")
+    sub.add_parser("models", help="list the student variants with image and text parameter counts")
     summary = sub.add_parser("summary", help="what the last run of each stage left in the lake")
     summary.add_argument("--params", default="params.yaml")
     summary.add_argument("--set", dest="overrides", action="append", default=[])
@@ -116,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         for spec in CHAIN:
             print(f"{spec.name:24s} <- {', '.join(spec.inputs) or '-':50s} {spec.description}")
         return 0
+    if args.command == "models":
+        return _models()
     if args.command == "summary":
         return _summary(load_params(args.params, args.overrides))
     if args.command == "chain":

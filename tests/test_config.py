@@ -60,3 +60,12 @@ def test_base_cycle_is_an_error(tmp_path):
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(ValueError, match="cycle"):
         load_params(tmp_path / "a.yaml")
+
+
+def test_models_command_lists_every_variant_with_counts(capsys):
+    from clipforge.cli import main
+
+    assert main(["models"]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert {"tiny-vit", "MobileCLIP-nano", "MobileCLIP-S0", "MobileCLIP-B"} <= set(lines)
+    assert lines["MobileCLIP-S0"][1:3] == ["11.41", "42.44"]
