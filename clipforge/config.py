@@ -145,7 +145,7 @@ class ReinforcedDatasetConfig(_Section):
 
 
 class StudentModelConfig(_Section):
-    model: str = "tiny-vit"
+    model: str = "MobileCLIP-nano"
     image_size: int = 64
     steps: int = 400
     batch_size: int = 128
