@@ -37,7 +37,8 @@ from PIL import Image
 from clipforge.config import Params
 from clipforge.stage_api import StageContext, StageOutcome
 from pipelines import lake
-from pipelines.shards import IMAGE_EXTS, Sample, ShardWriter, TarGroup, iter_tar_groups
+from pipelines.shards import Sample
+from training.tar_shards import IMAGE_EXTS, ShardWriter, TarGroup, iter_tar_groups
 
 SHARDS_DIR = "shards"
 SKIPPED_FILE = "skipped.parquet"
@@ -446,7 +447,7 @@ def ingest_tar(
             state.skip(source_name, group.key, DUPLICATE_UID, uid)
             continue
         state.seen_uids.add(uid)
-        shard = writer.write(result.sample)
+        shard = writer.write(result.sample.key, result.sample.members())
         state.rows.append({**result.row, "shard": shard, "source_shard": source_name, "source_key": group.key})
         state.resized += int(result.resized)
 

@@ -36,7 +36,8 @@ from PIL import Image
 from clipforge.config import ClipScoreFilterConfig, FilteredPoolConfig
 from clipforge.stage_api import StageContext, StageOutcome
 from pipelines.english import is_english
-from pipelines.shards import Sample, ShardFormatError, ShardWriter, read_samples
+from pipelines.shards import Sample, ShardFormatError, read_samples
+from training.tar_shards import ShardWriter
 
 SHARDS_DIR = "shards"
 DROPPED_FILE = "dropped.parquet"
@@ -245,7 +246,7 @@ def run(ctx: StageContext) -> StageOutcome:
             current = shard
         uid = str(sample.meta["uid"])
         if uid in kept_uids:
-            new_shard[uid] = writer.write(sample)
+            new_shard[uid] = writer.write(sample.key, sample.members())
             if len(kept_preview) < PREVIEW_COUNT:
                 kept_preview.append((_open_rgb(sample.jpg), f"{scores[uid]:.2f} {sample.txt}"))
         elif len(dropped_preview) < PREVIEW_COUNT and preview_rules[rule_by_uid[uid]] < PREVIEW_PER_RULE:

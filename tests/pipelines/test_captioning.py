@@ -13,9 +13,10 @@ from PIL import Image, ImageDraw
 
 from clipforge.stage_api import NullTracker, StageContext, StageOutcome
 from pipelines import captioning
-from pipelines.shards import Sample, ShardFormatError, ShardWriter
+from pipelines.shards import Sample, ShardFormatError
 from tests.conftest import tiny_params_for
 from training.clip_models import save_model
+from training.tar_shards import ShardWriter
 
 WORDS = (
     "a an one two three red green blue yellow small large circle circles square squares on the left right background"
@@ -53,7 +54,8 @@ def _filtered_pool(root: Path, n: int = 9, bad_uid: str | None = None) -> Path:
         for i in range(n):
             uid = f"{i:032x}"
             jpg = b"garbage" if uid == bad_uid else _jpg(colors[i % 3])
-            shard = writer.write(Sample(key=f"{i:09d}", jpg=jpg, txt=f"web caption {i}", meta={"uid": uid}))
+            sample = Sample(key=f"{i:09d}", jpg=jpg, txt=f"web caption {i}", meta={"uid": uid})
+            shard = writer.write(sample.key, sample.members())
             rows.append({"uid": uid, "key": f"{i:09d}", "shard": shard, "text": f"web caption {i}"})
     pd.DataFrame(rows).to_parquet(root / "manifest.parquet", index=False)
     return root

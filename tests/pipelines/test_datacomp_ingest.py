@@ -17,7 +17,8 @@ from clipforge.stage_api import StageContext, StageOutcome
 from pipelines import datacomp_ingest as ingest
 from pipelines.lake import StorageError
 from pipelines.quality import run_gate
-from pipelines.shards import read_samples, write_tar
+from pipelines.shards import read_samples
+from training.tar_shards import write_tar
 
 Members = list[tuple[str, bytes]]
 

@@ -22,8 +22,9 @@ from pipelines import filtering
 from pipelines.datacomp_ingest import MANIFEST_COLUMNS
 from pipelines.english import is_english, language_evidence
 from pipelines.quality import run_gate
-from pipelines.shards import Sample, ShardWriter, read_samples
+from pipelines.shards import Sample, read_samples
 from training.clip_models import load_teachers, save_ensemble_index, save_model
+from training.tar_shards import ShardWriter
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -208,7 +209,7 @@ def write_datacomp_pool(folder: Path, shard_size: int = 7) -> pd.DataFrame:
             uid = uid_of(i)
             meta = {"uid": uid, "url": f"http://example.com/{i}.jpg", "caption": text, "width": w, "height": h}
             meta |= {"original_width": w, "original_height": h, "sha256": "0" * 64}
-            shard = writer.write(Sample(key=uid, jpg=jpeg(w, h, i), txt=text, meta=meta))
+            shard = writer.write(uid, Sample(key=uid, jpg=jpeg(w, h, i), txt=text, meta=meta).members())
             rows.append(
                 {**meta, "key": uid, "shard": shard, "text": text, "source_shard": "x.tar", "source_key": str(i)}
                 | {"clip_b32_similarity_score": math.nan, "clip_l14_similarity_score": math.nan}
