@@ -20,11 +20,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +38,7 @@ from clipforge.config import EmbeddedCorpusConfig
 from clipforge.stage_api import StageContext, StageOutcome
 from pipelines import scenes
 from pipelines.previews import image_grid
+from training.tar_shards import ShardWriter, iter_tar_samples
 
 T = TypeVar("T")
 ProgressFn = Callable[[Iterable[Any], str, int | None], Iterator[Any]]
@@ -57,8 +58,6 @@ GROUND_TRUTH_COLUMNS = ["uid", "key", "caption_kind", "image_kind", "language", 
 TASKS_FILE = "tasks.json"
 RETRIEVAL_CAPTIONS = 5
 URL_TEMPLATE = "http://example.invalid/img/{n}.jpg"
-# Fixed tar member metadata: same content -> same tar bytes.
-_TAR_MTIME = 0
 
 # Synthetic CLIP image-text similarity per caption kind (mean, before N(0, 0.035) noise):
 # clean captions score high, junk low, like DataComp's B/32 scores.
@@ -178,100 +177,6 @@ def _json_bytes(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True).encode("utf-8")
 
 
-class TarShardWriter:
-    """Writes webdataset shards ``folder/<name_format.format(i)>`` of ``shard_size`` samples.
-
-    Members get fixed metadata (mtime, owner, mode) so equal content gives equal tar bytes.
-    ``on_close(path, rows)`` runs after each shard with the rows passed to :meth:`write`.
-    """
-
-    def __init__(
-        self,
-        folder: Path,
-        name_format: str,
-        shard_size: int,
-        on_close: Callable[[Path, list[dict[str, Any]]], None] | None = None,
-    ) -> None:
-        if shard_size < 1:
-            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-        self.folder = folder
-        self.name_format = name_format
-        self.shard_size = shard_size
-        self.on_close = on_close
-        self.paths: list[Path] = []
-        self._tar: tarfile.TarFile | None = None
-        self._rows: list[dict[str, Any]] = []
-        self._count = 0
-        folder.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def current_path(self) -> Path:
-        return self.paths[-1]
-
-    def write(self, key: str, members: dict[str, bytes], row: dict[str, Any] | None = None) -> Path:
-        """Add one sample (``KEY.ext`` per member, in the given order); returns its shard path."""
-        if "." in key or not key:
-            raise ValueError(f"webdataset keys must be non-empty and without dots, got {key!r}")
-        if self._tar is None or self._count == self.shard_size:
-            self._close_current()
-            path = self.folder / self.name_format.format(len(self.paths))
-            self.paths.append(path)
-            self._tar = tarfile.open(path, "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 - closed in _close_current
-            self._count = 0
-        for ext, data in members.items():
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mtime = _TAR_MTIME
-            info.mode = 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
-        self._rows.append(row or {})
-        self._count += 1
-        return self.current_path
-
-    def _close_current(self) -> None:
-        if self._tar is None:
-            return
-        self._tar.close()
-        self._tar = None
-        if self.on_close is not None:
-            self.on_close(self.current_path, self._rows)
-        self._rows = []
-
-    def close(self) -> list[Path]:
-        self._close_current()
-        return self.paths
-
-    def __enter__(self) -> TarShardWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def iter_tar_samples(path: Path) -> Iterator[dict[str, Any]]:
-    """Samples of a webdataset tar: ``{"__key__": key, ext: bytes, ...}``, members grouped by key."""
-    current: dict[str, Any] | None = None
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, dot, ext = member.name.partition(".")
-            if not dot:
-                raise ValueError(f"{path}: member {member.name!r} has no extension")
-            if current is not None and current["__key__"] != key:
-                yield current
-                current = None
-            if current is None:
-                current = {"__key__": key}
-            handle = tar.extractfile(member)
-            assert handle is not None  # a regular file always has data
-            current[ext] = handle.read()
-    if current is not None:
-        yield current
-
-
 def _exact_counts(rng: np.random.Generator, n: int, fractions: dict[str, float], rest: str) -> np.ndarray:
     """``n`` labels: round(f * n) of each fractional label, ``rest`` for the remainder, shuffled."""
     counts = {label: round(f * n) for label, f in fractions.items()}
@@ -369,7 +274,8 @@ def generate_pool(
         image_kinds[target] = image_kinds[source]
 
     rows: list[dict[str, Any]] = []
-    with TarShardWriter(out_dir / "shards", "{:08d}.tar", cfg.shard_size, _write_shard_parquet) as writer:
+    parquet_rows: dict[str, list[dict[str, Any]]] = {}  # shard -> its img2dataset parquet rows
+    with ShardWriter(out_dir / "shards", out_dir, name_format="{:08d}.tar", max_count=cfg.shard_size) as writer:
         for i in progress_fn(range(n), "pool shards", n):
             kind = str(caption_kinds[i])
             scene, (w, h), jpg = scene_of[i], size_of[i], jpeg_of[i]
@@ -403,10 +309,8 @@ def generate_pool(
                 "status": "success",
                 "error_message": None,
             }
-            parquet_row = {k: sample_json[k] for k in SHARD_PARQUET_SCHEMA.names}
-            shard = writer.write(
-                key, {"jpg": jpg, "txt": text.encode("utf-8"), "json": _json_bytes(sample_json)}, parquet_row
-            )
+            shard = writer.write(key, {"jpg": jpg, "txt": text.encode("utf-8"), "json": _json_bytes(sample_json)})
+            parquet_rows.setdefault(shard, []).append({k: sample_json[k] for k in SHARD_PARQUET_SCHEMA.names})
             source = duplicate_source.get(i)
             rows.append(
                 {
@@ -420,7 +324,7 @@ def generate_pool(
                     "clip_l14_similarity_score": float(np.clip(l14, -1.0, 1.0)),
                     "face_bboxes": [],
                     "key": key,
-                    "shard": shard.relative_to(out_dir).as_posix(),
+                    "shard": shard,
                     "width": w,
                     "height": h,
                     "caption_kind": kind,
@@ -430,6 +334,8 @@ def generate_pool(
                     "scene": json.dumps(scene.attributes(), sort_keys=True),
                 }
             )
+    for shard, shard_rows in parquet_rows.items():
+        _write_shard_parquet(out_dir / shard, shard_rows)
     frame = pd.DataFrame(rows)
     metadata = pa.Table.from_pandas(frame[METADATA_SCHEMA.names], schema=METADATA_SCHEMA, preserve_index=False)
     pq.write_table(metadata, out_dir / METADATA_FILE)
@@ -456,7 +362,7 @@ def generate_teacher_corpus(
     rng = stream_rng(cfg.seed, TEACHER_STREAM)
     side = cfg.image_size
     rows: list[dict[str, Any]] = []
-    with TarShardWriter(out_dir / "shards", "{:05d}.tar", cfg.shard_size) as writer:
+    with ShardWriter(out_dir / "shards", out_dir, max_count=cfg.shard_size) as writer:
         for i in progress_fn(range(cfg.teacher_corpus_size), "teacher corpus", cfg.teacher_corpus_size):
             scene = scenes.sample_scene(rng, side, side)
             caption = scenes.full_caption(scene, rng)
@@ -470,7 +376,7 @@ def generate_teacher_corpus(
                     "caption": caption,
                     "width": side,
                     "height": side,
-                    "shard": shard.relative_to(out_dir).as_posix(),
+                    "shard": shard,
                 }
             )
     return pd.DataFrame(rows, columns=["key", "caption", "width", "height", "shard"])
@@ -525,7 +431,7 @@ def generate_benchmark(
         name = task.name if isinstance(task, ClassificationTask) else task
         task_dir = out_dir / name
         # One shard per task (clip_benchmark reads test/{0..nshards-1}.tar).
-        writer = TarShardWriter(task_dir / "test", "{:d}.tar", n)
+        writer = ShardWriter(task_dir / "test", out_dir, name_format="{:d}.tar", max_count=n)
         if isinstance(task, ClassificationTask):
             labels = rng.permutation(np.arange(n) % len(task.classnames))  # balanced classes
         for i in progress_fn(range(n), f"benchmark {name}", n):
@@ -554,7 +460,7 @@ def generate_benchmark(
                     "label": classname,
                     "width": side,
                     "height": side,
-                    "shard": shard.relative_to(out_dir).as_posix(),
+                    "shard": shard,
                 }
             )
         shards = writer.close()
@@ -574,13 +480,8 @@ def generate_benchmark(
 # ---------------------------------------------------------------- previews and the stage
 
 
-def _first_samples(shard: Path, limit: int) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for sample in iter_tar_samples(shard):
-        out.append(sample)
-        if len(out) == limit:
-            break
-    return out
+def _first_samples(shard: Path, limit: int) -> list[tuple[str, dict[str, bytes]]]:
+    return list(islice(iter_tar_samples(shard), limit))
 
 
 def _decode(jpg: bytes) -> Image.Image:
@@ -595,10 +496,10 @@ def write_previews(out_dir: Path, pool: pd.DataFrame, count: int = 16) -> dict[s
 
     kinds = dict(zip(pool["key"], pool["caption_kind"], strict=True))
     samples = _first_samples(out_dir / POOL_DIR / pool["shard"].iloc[0], count)
-    images = [_decode(s["jpg"]) for s in samples]
+    images = [_decode(s["jpg"]) for _, s in samples]
     captions = [
-        [s["txt"].decode("utf-8"), f"{kinds[s['__key__']]}, {im.width}x{im.height}"]
-        for s, im in zip(samples, images, strict=True)
+        [s["txt"].decode("utf-8"), f"{kinds[key]}, {im.width}x{im.height}"]
+        for (key, s), im in zip(samples, images, strict=True)
     ]
     image_grid(images, captions, previews_dir / "pool_grid.png")
     previews["pool_grid"] = "previews/pool_grid.png"
@@ -607,8 +508,8 @@ def write_previews(out_dir: Path, pool: pd.DataFrame, count: int = 16) -> dict[s
     if teacher_shard:
         samples = _first_samples(teacher_shard[0], count)
         image_grid(
-            [_decode(s["jpg"]) for s in samples],
-            [s["txt"].decode("utf-8") for s in samples],
+            [_decode(s["jpg"]) for _, s in samples],
+            [s["txt"].decode("utf-8") for _, s in samples],
             previews_dir / "teacher_grid.png",
         )
         previews["teacher_grid"] = "previews/teacher_grid.png"
@@ -616,10 +517,10 @@ def write_previews(out_dir: Path, pool: pd.DataFrame, count: int = 16) -> dict[s
     images, captions = [], []
     for task in CLASSIFICATION_TASKS:
         names = (out_dir / BENCHMARK_DIR / task.name / "classnames.txt").read_text(encoding="utf-8").splitlines()
-        for s in _first_samples(out_dir / BENCHMARK_DIR / task.name / "test" / "0.tar", 2):
+        for _, s in _first_samples(out_dir / BENCHMARK_DIR / task.name / "test" / "0.tar", 2):
             images.append(_decode(s["jpg"]))
             captions.append(f"{task.name}: {names[int(s['cls'].decode())]}")
-    for s in _first_samples(out_dir / BENCHMARK_DIR / RETRIEVAL_TASK / "test" / "0.tar", 4):
+    for _, s in _first_samples(out_dir / BENCHMARK_DIR / RETRIEVAL_TASK / "test" / "0.tar", 4):
         images.append(_decode(s["jpg"]))
         captions.append(s["txt"].decode("utf-8").splitlines()[:2])
     image_grid(images, captions, previews_dir / "benchmark_grid.png")

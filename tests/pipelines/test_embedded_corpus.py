@@ -19,6 +19,7 @@ from clipforge.config import EmbeddedCorpusConfig, Params
 from clipforge.stage_api import StageContext
 from pipelines import embedded_corpus as ec
 from pipelines import scenes
+from training.tar_shards import iter_tar_samples
 
 CFG = EmbeddedCorpusConfig(
     seed=3, pool_size=100, teacher_corpus_size=30, benchmark_size=16, image_size=48, shard_size=40
@@ -100,10 +101,10 @@ def test_streams_differ_between_parts(pool_dir: Path, bench_dir: Path, tmp_path:
     teacher_hashes = {
         hashlib.sha256(s["jpg"]).hexdigest()
         for t in (tmp_path / "shards").glob("*.tar")
-        for s in ec.iter_tar_samples(t)
+        for _, s in iter_tar_samples(t)
     }
     pool_hashes = set(pd.read_parquet(pool_dir / "metadata.parquet")["sha256"])
-    bench_hashes = {hashlib.sha256(s["jpg"]).hexdigest() for s in ec.iter_tar_samples(bench_dir / "shape/test/0.tar")}
+    bench_hashes = {hashlib.sha256(s["jpg"]).hexdigest() for _, s in iter_tar_samples(bench_dir / "shape/test/0.tar")}
     assert len(teacher_hashes) == CFG.teacher_corpus_size
     assert teacher_hashes.isdisjoint(pool_hashes)
     assert teacher_hashes.isdisjoint(bench_hashes)
@@ -143,9 +144,9 @@ def test_pool_shards_are_img2dataset(pool_dir: Path) -> None:
             assert names[i : i + 3] == [f"{key}.jpg", f"{key}.txt", f"{key}.json"]
         side = pd.read_parquet(tar_path.with_suffix(".parquet"))
         assert {"key", "uid", "url", "caption", "width", "height", "status"} <= set(side.columns)
-        samples = list(ec.iter_tar_samples(tar_path))
-        assert side["key"].tolist() == [s["__key__"] for s in samples]
-        for sample in samples:
+        samples = list(iter_tar_samples(tar_path))
+        assert side["key"].tolist() == [key for key, _ in samples]
+        for _, sample in samples:
             info = json.loads(sample["json"])
             assert {
                 "uid",
@@ -245,9 +246,9 @@ def test_teacher_corpus_members_and_attributes(tmp_path: Path) -> None:
     frame = ec.generate_teacher_corpus(tmp_path, CFG)
     tars = sorted((tmp_path / "shards").glob("*.tar"))
     assert [t.name for t in tars] == ["00000.tar"]  # 30 samples, shard size 40
-    samples = list(ec.iter_tar_samples(tars[0]))
+    samples = list(iter_tar_samples(tars[0]))
     assert len(samples) == len(frame) == CFG.teacher_corpus_size
-    for sample in samples:
+    for _, sample in samples:
         attrs = json.loads(sample["json"])
         caption = sample["txt"].decode("utf-8")
         assert attrs["caption"] == caption
@@ -273,19 +274,19 @@ def test_benchmark_layout_is_clip_benchmark(bench_dir: Path) -> None:
         folder = bench_dir / task["name"]
         assert (folder / "test" / "nshards.txt").read_text().strip() == "1"
         assert (folder / "dataset_type.txt").read_text().strip() == task["type"]
-        samples = list(ec.iter_tar_samples(folder / "test" / "0.tar"))
+        samples = list(iter_tar_samples(folder / "test" / "0.tar"))
         assert len(samples) == CFG.benchmark_size
-        assert all(re.fullmatch(r"s\d{7}", s["__key__"]) for s in samples)
+        assert all(re.fullmatch(r"s\d{7}", key) for key, _ in samples)
         if task["type"] == "classification":
             classnames = (folder / "classnames.txt").read_text().splitlines()
             templates = (folder / "zeroshot_classification_templates.txt").read_text().splitlines()
             assert len(classnames) == len(set(classnames)) >= 4
             assert templates and all("{c}" in t for t in templates)
-            labels = [int(s["cls"].decode()) for s in samples]
+            labels = [int(s["cls"].decode()) for _, s in samples]
             # 16 samples, balanced: every class index appears, none outside the range.
             assert set(labels) == set(range(len(classnames)))
         else:
-            for s in samples:
+            for _, s in samples:
                 captions = s["txt"].decode("utf-8").splitlines()
                 assert len(captions) == ec.RETRIEVAL_CAPTIONS == len(set(captions))
     assert (bench_dir / "count" / "classnames.txt").read_text().splitlines() == ["one", "two", "three", "four"]
@@ -312,7 +313,7 @@ def test_benchmark_readable_like_clip_benchmark(bench_dir: Path) -> None:
 
 def test_color_labels_match_pixels(bench_dir: Path) -> None:
     classnames = (bench_dir / "color/classnames.txt").read_text().splitlines()
-    for sample in ec.iter_tar_samples(bench_dir / "color/test/0.tar"):
+    for _, sample in iter_tar_samples(bench_dir / "color/test/0.tar"):
         rgb = np.asarray(scenes.COLORS[classnames[int(sample["cls"].decode())]], dtype=float)
         with Image.open(io.BytesIO(sample["jpg"])) as image:
             pixels = np.asarray(image.convert("RGB"), dtype=float).reshape(-1, 3)  # [H*W, 3]
