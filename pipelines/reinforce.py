@@ -37,7 +37,8 @@ from clipforge.config import ReinforcedDatasetConfig
 from clipforge.stage_api import StageContext, StageOutcome
 from training.augment import replay_many, sample_aug_params
 from training.clip_models import LoadedClip, load_teachers
-from training.dr_format import DR_META_FILE, IMAGE_EXTS, DRMeta, DRSample, ShardWriter, iter_tar_samples
+from training.dr_format import DR_META_FILE, DRMeta, DRSample, encode_sample
+from training.tar_shards import IMAGE_EXTS, ShardWriter, iter_tar_samples
 
 MANIFEST_COLUMNS = [
     "uid",
@@ -245,6 +246,7 @@ def run(ctx: StageContext) -> StageOutcome:
     )
     shard_dir = ctx.out_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
+    writer = ShardWriter(shard_dir, ctx.out_dir, max_count=cfg.shard_size)
     # Samples per encoder pass: about batch_size augmented images per teacher forward.
     chunk_size = max(1, cfg.batch_size // cfg.num_augmentations)
 
@@ -253,20 +255,11 @@ def run(ctx: StageContext) -> StageOutcome:
     seen_uids: set[str] = set()
     truncated = 0
     preview: list[torch.Tensor] = []
-    writer: ShardWriter | None = None
-    shard_paths: list[str] = []
 
     def write(sample: _PoolSample, params: list[list[Any]], image_emb: np.ndarray, text_emb: np.ndarray) -> None:
-        nonlocal writer
         if not (np.isfinite(image_emb).all() and np.isfinite(text_emb).all()):
             skipped["nonfinite_embedding"] += 1
             return
-        if writer is None or writer.count >= cfg.shard_size:
-            if writer is not None:
-                writer.close()
-            rel = f"shards/{len(shard_paths):05d}.tar"
-            shard_paths.append(rel)
-            writer = ShardWriter(ctx.out_dir / rel, embedding_format=cfg.embedding_format)
         dr = DRSample.from_combined(
             uid=sample.uid,
             param_aug=params,
@@ -279,12 +272,12 @@ def run(ctx: StageContext) -> StageOutcome:
             jpg=sample.jpg if cfg.include_images else None,
             txt=sample.caption if cfg.include_images else None,
         )
-        writer.write(dr)
+        shard = writer.write(dr.key, encode_sample(dr, embedding_format=cfg.embedding_format))
         rows.append(
             {
                 "uid": sample.uid,
                 "key": dr.key,
-                "shard": shard_paths[-1],
+                "shard": shard,
                 "num_augs": image_emb.shape[0],
                 "num_syn": len(sample.syn_text),
                 "emb_dim": image_emb.shape[1],
@@ -327,8 +320,7 @@ def run(ctx: StageContext) -> StageOutcome:
                 flush(chunk)
         flush(chunk)
     finally:
-        if writer is not None:
-            writer.close()
+        writer.close()
 
     meta.write(ctx.out_dir / DR_META_FILE)
     seconds = time.perf_counter() - started
@@ -337,7 +329,7 @@ def run(ctx: StageContext) -> StageOutcome:
     n = len(manifest)
     summary: dict[str, Any] = {
         "samples": n,
-        "shards": len(shard_paths),
+        "shards": len(writer.shards),
         "skipped": dict(sorted(skipped.items())),
         "skipped_total": int(sum(skipped.values())),
         "truncated_synthetic_captions": truncated,

@@ -28,7 +28,6 @@ import io
 import itertools
 import json
 import re
-import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +37,10 @@ import numpy as np
 import torch
 
 from training.augment import AugParamsError, validate_params
+from training.tar_shards import IMAGE_EXTS, TarWriter, iter_tar_samples
 
 DR_META_FILE = "dr_meta.json"
 EMBEDDING_FORMATS: tuple[str, ...] = ("npz", "pth.gz")
-IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp")
 SYN_KEY_PATTERN = re.compile(r"^syn_text")
 DEFAULT_SYN_KEY = "syn_text"
 
@@ -358,39 +357,6 @@ def decode_sample(key: str, members: dict[str, bytes], *, expected_dim: int | No
 
 # ---- shards -----------------------------------------------------------------------------------
 
-_KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]+)$")
-
-
-def split_member_name(name: str) -> tuple[str, str] | None:
-    """``"dir/KEY.url.txt"`` -> ``("dir/KEY", "url.txt")`` (webdataset's rule); None if no dot."""
-    match = _KEY_EXT.match(name)
-    return (match.group(1), match.group(2)) if match else None
-
-
-def iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Group a webdataset tar's adjacent members by key: (key, {extension: bytes})."""
-    current_key: str | None = None
-    members: dict[str, bytes] = {}
-    try:
-        with tarfile.open(path, "r") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                parts = split_member_name(info.name)
-                if parts is None:
-                    continue
-                key, ext = parts
-                if key != current_key:
-                    if current_key is not None:
-                        yield current_key, members
-                    current_key, members = key, {}
-                handle = tar.extractfile(info)
-                members[ext] = handle.read() if handle is not None else b""
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise OSError(f"shard {path} cannot be read: {exc}") from exc
-    if current_key is not None:
-        yield current_key, members
-
 
 def read_shard(path: Path, *, expected_dim: int | None = None) -> Iterator[DRSample]:
     """Decode every sample of a shard; raises :class:`DRSampleError` on the first bad one."""
@@ -398,8 +364,8 @@ def read_shard(path: Path, *, expected_dim: int | None = None) -> Iterator[DRSam
         yield decode_sample(key, members, expected_dim=expected_dim)
 
 
-class ShardWriter:
-    """Write samples to one tar, members of a sample adjacent, with reproducible headers."""
+class ShardWriter(TarWriter):
+    """Writes DR samples to one tar (see :class:`TarWriter`), the members of a sample adjacent."""
 
     def __init__(
         self,
@@ -410,38 +376,15 @@ class ShardWriter:
     ) -> None:
         if embedding_format not in EMBEDDING_FORMATS:
             raise ValueError(f"embedding_format must be one of {EMBEDDING_FORMATS}, got {embedding_format!r}")
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(path)
         self.embedding_format = embedding_format
         self.layout = layout
         self.count = 0
-        # Kept open across write() calls and closed by close() / the context manager.
-        self._tar = tarfile.open(self.path, "w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
 
     def write(self, sample: DRSample) -> None:
-        key = sample.key or f"{self.count:09d}"
-        if "." in key:
-            raise ValueError(f"sample key must not contain a dot: {key!r}")
         members = encode_sample(sample, embedding_format=self.embedding_format, layout=self.layout)
-        for ext, data in members.items():
-            self.write_member(f"{key}.{ext}", data)
+        self.write_sample(sample.key or f"{self.count:09d}", members)
         self.count += 1
-
-    def write_member(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = 0
-        info.mode = 0o644
-        self._tar.addfile(info, io.BytesIO(data))
-
-    def close(self) -> None:
-        self._tar.close()
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def write_shard(

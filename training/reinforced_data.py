@@ -24,7 +24,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from training.augment import AugParamsError, replay_aug, validate_params
-from training.dr_format import DR_META_FILE, DRMeta, DRSampleError, decode_sample, iter_tar_samples
+from training.dr_format import DR_META_FILE, DRMeta, DRSampleError, decode_sample
+from training.tar_shards import iter_tar_samples
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
 _TOKENIZE_CHUNK = 1024

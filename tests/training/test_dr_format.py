@@ -20,11 +20,10 @@ from training.dr_format import (
     ShardWriter,
     decode_sample,
     encode_sample,
-    iter_tar_samples,
     read_shard,
-    split_member_name,
     write_shard,
 )
+from training.tar_shards import DamagedTarError
 
 A, S, D = 3, 2, 12
 
@@ -262,19 +261,12 @@ def test_expected_dim_is_enforced_and_writer_refuses_bad_samples(tmp_path: Path)
         writer.write(bad)
 
 
-def test_member_names_split_like_webdataset(tmp_path: Path) -> None:
-    assert split_member_name("000001.url.txt") == ("000001", "url.txt")
-    assert split_member_name("dir/abc.pth.gz") == ("dir/abc", "pth.gz")
-    assert split_member_name("README") is None
+def test_damaged_shard_raises_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "t.tar"
-    with ShardWriter(path) as writer:
-        writer.write_member("a.txt", b"1")
-        writer.write_member("a.json", b"{}")
-        writer.write_member("b.txt", b"2")
-    assert [(k, sorted(m)) for k, m in iter_tar_samples(path)] == [("a", ["json", "txt"]), ("b", ["txt"])]
+    write_shard(path, [_sample(k) for k in range(2)])
     (tmp_path / "broken.tar").write_bytes(path.read_bytes()[:700])
-    with pytest.raises(OSError, match="cannot be read"):
-        list(iter_tar_samples(tmp_path / "broken.tar"))
+    with pytest.raises(DamagedTarError, match=r"broken\.tar: tar cannot be read whole"):
+        list(read_shard(tmp_path / "broken.tar"))
 
 
 def test_dr_meta_round_trip_and_validation(tmp_path: Path) -> None:
