@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import io
 import json
-import re
-import tarfile
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from PIL import Image
+
+from training.tar_shards import DamagedTarError, iter_tar_samples
 
 TaskType = Literal["classification", "retrieval"]
 TASKS_FILE = "tasks.json"
@@ -146,32 +145,6 @@ def list_tasks(root: Path, split: str = "test") -> list[TaskSpec]:
     return specs
 
 
-# webdataset's key rule: everything before the first dot of the basename (folders kept).
-_MEMBER = re.compile(r"^((?:.*/)?[^./]+)\.([^/]+)$")
-
-
-def iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) for each sample of a webdataset tar, members grouped by key."""
-    key: str | None = None
-    members: dict[str, bytes] = {}
-    with tarfile.open(path, "r") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            match = _MEMBER.match(info.name)
-            if match is None:
-                continue  # e.g. a top-level "__index__" without extension: not a sample member
-            member_key, ext = match.group(1), match.group(2).lower()
-            if member_key != key:
-                if key is not None:
-                    yield key, members
-                key, members = member_key, {}
-            handle = tar.extractfile(info)
-            members[ext] = handle.read() if handle is not None else b""
-    if key is not None:
-        yield key, members
-
-
 def _decode_image(members: dict[str, bytes]) -> Image.Image | str:
     """The sample's image as RGB, or the skip reason."""
     ext = next((e for e in IMAGE_EXTS if e in members), None)
@@ -230,7 +203,7 @@ def load_task(spec: TaskSpec) -> Task:
     for shard in shard_paths(spec):
         try:
             samples = list(iter_tar_samples(shard))
-        except tarfile.TarError as err:
+        except DamagedTarError as err:
             raise ValueError(f"task {spec.name!r}: unreadable shard {shard}: {err}") from err
         for key, members in samples:
             if spec.type == "classification":

@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -48,6 +47,7 @@ from clipforge.stage_api import StageContext, StageOutcome, Tracker
 from training import coca_sampling
 from training.clip_models import LoadedClip, load_model, model_config, save_ensemble_index, save_model
 from training.schedules import cosine_lr, set_lr
+from training.tar_shards import iter_tar_samples
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,27 +92,6 @@ class Corpus:
         return len(self.captions)
 
 
-def _tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {ext: bytes}) per sample of a webdataset tar; the key ends at the name's first dot."""
-    current_key: str | None = None
-    members: dict[str, bytes] = {}
-    with tarfile.open(path, mode="r") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            directory, _, base = info.name.rpartition("/")
-            stem, _, ext = base.partition(".")
-            key = f"{directory}/{stem}" if directory else stem
-            if key != current_key and current_key is not None:
-                yield current_key, members
-                members = {}
-            current_key = key
-            handle = tar.extractfile(info)
-            members[ext.lower()] = handle.read() if handle is not None else b""
-    if current_key is not None:
-        yield current_key, members
-
-
 def _square_uint8(image: Image.Image, side: int) -> torch.Tensor:
     """PIL image -> [3, side, side] uint8: shorter side resized to ``side``, centre crop."""
     image = image.convert("RGB")
@@ -139,7 +118,7 @@ def read_corpus(shard_dir: Path, side: int, progress: ProgressFn | None = None) 
     skipped: Counter[str] = Counter()
     iterator: Iterable[Path] = shards if progress is None else progress(shards, "decode corpus", len(shards))
     for shard in iterator:
-        for key, members in _tar_samples(shard):
+        for key, members in iter_tar_samples(shard):
             image_bytes = members.get("jpg") or members.get("png") or members.get("jpeg") or members.get("webp")
             if image_bytes is None or "txt" not in members:
                 skipped["missing image or caption"] += 1
