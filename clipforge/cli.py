@@ -91,17 +91,19 @@ def _benchmark_latency(args: argparse.Namespace) -> int:
 
     # Options left out take export.latency's defaults (imported here: the CLI starts without torch).
     chosen = {k: getattr(args, k) for k in ("warmup", "repeats", "threads") if getattr(args, k) is not None}
-    settings = latency.LatencySettings(**chosen)
+    variants = args.variants or list(latency.DEFAULT_VARIANTS)
     try:
-        result = latency.run_benchmark(
-            args.variants or list(latency.DEFAULT_VARIANTS),
-            baseline=args.baseline or latency.DEFAULT_BASELINE,
-            settings=settings,
-            progress=lambda message: print(f"timing {message}", flush=True),
-        )
-    except KeyError as err:
+        settings = latency.LatencySettings(**chosen)
+        latency.resolve_variants(variants)
+    except (KeyError, ValueError) as err:
         print(f"benchmark latency: {err.args[0]}", file=sys.stderr)
         return 2
+    result = latency.run_benchmark(
+        variants,
+        baseline=args.baseline or latency.DEFAULT_BASELINE,
+        settings=settings,
+        progress=lambda message: print(f"timing {message}", flush=True),
+    )
     path = Path(args.json) if args.json else latency.DEFAULT_JSON
     latency.write_json(result, path)
     print(latency.render_table(result))
@@ -120,7 +122,7 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     latency.add_argument("--baseline", help="open_clip model name, random weights (default: ViT-B-16)")
     latency.add_argument("--repeats", type=int, help="timed runs per measurement")
     latency.add_argument("--warmup", type=int, help="untimed runs before them")
-    latency.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: all cores)")
+    latency.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: all usable cores)")
     latency.add_argument("--json", help="where every figure goes (default: reports/latency.json)")
     latency.add_argument("--markdown", action="store_true", help="also print the README table")
 

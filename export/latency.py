@@ -17,7 +17,6 @@ the machine facts and thread counts with them.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ from training.latency import (
     machine_facts,
     onnx_towers,
     torch_towers,
+    usable_cores,
 )
 from training.mobileclip.variants import ALIASES
 from training.students import STUDENT_REGISTRY, StudentClip, build_student, open_clip_student, tower_params
@@ -52,8 +52,12 @@ RUNTIME_OF = {"torch": "torch", "torch_folded": "torch", "onnx": "onnx", "onnx_f
 class LatencySettings:
     warmup: int = 5
     repeats: int = 20
-    threads: int = field(default_factory=lambda: os.cpu_count() or 1)  # torch and ORT intra-op
+    threads: int = field(default_factory=usable_cores)  # torch and ORT intra-op
     opset: int = CoremlPackageConfig().onnx_opset
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.repeats < 1 or self.warmup < 0:
+            raise ValueError(f"need threads >= 1, repeats >= 1, warmup >= 0: {self}")
 
 
 Progress = Callable[[str], None]
@@ -113,9 +117,16 @@ def add_speedups(variant: dict[str, Any], baseline: dict[str, Any]) -> None:
     }
 
 
-def _resolve(name: str) -> str:
-    """A student registry name; MobileCLIP aliases (``nano``, ``S0`` ...) resolve to theirs."""
-    return ALIASES.get(name, name)
+def resolve_variants(variants: list[str]) -> list[str]:
+    """Student registry names; MobileCLIP aliases (``nano``, ``S0`` ...) resolve to theirs.
+
+    Raises KeyError for an unknown name (before any timing, not after the baseline's).
+    """
+    names = [ALIASES.get(v, v) for v in variants]
+    unknown = [v for v, name in zip(variants, names, strict=True) if name not in STUDENT_REGISTRY]
+    if unknown:
+        raise KeyError(f"unknown student variant(s) {unknown}; known: {sorted(STUDENT_REGISTRY)} or {sorted(ALIASES)}")
+    return names
 
 
 def run_benchmark(
@@ -131,12 +142,7 @@ def run_benchmark(
     model name. Threads are set for the run and restored afterwards.
     """
     settings = settings or LatencySettings()
-    names = [_resolve(v) for v in variants]
-    unknown = [v for v, name in zip(variants, names, strict=True) if name not in STUDENT_REGISTRY]
-    if unknown:  # before the baseline's minutes of work, not after
-        raise KeyError(
-            f"unknown student variant(s) {unknown}; known: {sorted(STUDENT_REGISTRY)} (or {sorted(ALIASES)})"
-        )
+    names = resolve_variants(variants)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:

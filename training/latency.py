@@ -99,6 +99,11 @@ def onnx_timing(path: Path, example: torch.Tensor, *, threads: int, warmup: int,
     return time_calls(lambda: session.run(None, feed), warmup=warmup, repeats=repeats)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (a container or taskset may allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def machine_facts() -> dict[str, Any]:
     """What the figures depend on besides the thread counts: CPU, cores, library versions."""
     import onnxruntime
@@ -113,6 +118,7 @@ def machine_facts() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "logical_cores": os.cpu_count(),
+        "usable_cores": usable_cores(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -95,9 +95,14 @@ def test_renderings_show_the_recorded_figures(benchmark: tuple[int, str, dict[st
     assert f"{variant['forms']['torch']['total_ms']:9.2f}" in table
 
 
-def test_unknown_variant_is_refused_before_any_timing(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [(["--variants", "nano", "no-such-model"], "no-such-model"), (["--variants", "nano", "--repeats", "0"], "repeats")],
+)
+def test_bad_options_are_refused_before_any_timing(
+    options: list[str], reason: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     path = tmp_path / "latency.json"
-    argv = ["benchmark", "latency", "--variants", "nano", "no-such-model", "--baseline", BASELINE, "--json", str(path)]
-    assert main(argv) == 2
+    assert main(["benchmark", "latency", *options, "--baseline", BASELINE, "--json", str(path)]) == 2
     captured = capsys.readouterr()
-    assert "no-such-model" in captured.err and "timing" not in captured.out and not path.exists()
+    assert reason in captured.err and "timing" not in captured.out and not path.exists()
