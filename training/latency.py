@@ -28,6 +28,13 @@ import torch
 from training.students import StudentClip
 
 TOWERS = ("image", "text")
+# Forms a tower is timed in: train-form (eval mode, unfolded) or folded, PyTorch or ONNX Runtime.
+FORM_LABELS = {
+    "torch": "PyTorch",
+    "torch_folded": "PyTorch, folded",
+    "onnx": "ONNX Runtime",
+    "onnx_folded": "ONNX Runtime, folded",
+}
 # A real caption: EOT pooling and padding behave as in use (latency does not depend on the words).
 LATENCY_CAPTION = "a photo of a dog playing in the snow"
 # ONNX Runtime input type -> numpy dtype of the feed (the exported text encoders take int32).
@@ -48,6 +55,7 @@ class Timing:
 
 
 def time_calls(call: Callable[[], object], *, warmup: int, repeats: int) -> Timing:
+    """Wall-clock milliseconds of ``call()``, one sample per call (batch 1: no averaging inside)."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     for _ in range(warmup):
@@ -151,14 +159,6 @@ def forms_record(forms: dict[str, dict[str, Timing]]) -> dict[str, dict[str, Any
         form: {**{t: timing.to_dict() for t, timing in towers.items()}, "total_ms": total_ms(towers)}
         for form, towers in forms.items()
     }
-
-
-FORM_LABELS = {
-    "torch": "PyTorch",
-    "torch_folded": "PyTorch, folded",
-    "onnx": "ONNX Runtime",
-    "onnx_folded": "ONNX Runtime, folded",
-}
 
 
 def forms_markdown(forms: dict[str, dict[str, Timing]], labels: dict[str, str] = FORM_LABELS) -> str:
