@@ -96,6 +96,10 @@ def report_metadata(report: StageReport) -> dict[str, Any]:
         entry = _scalar(value)
         if entry is not None and key not in meta:
             meta[key] = entry
+    # Markdown tables a stage renders (evaluation's metrics_table, latency_table) as tables.
+    for key, value in report.summary.items():
+        if key.endswith("_table") and isinstance(value, str):
+            meta[key] = MetadataValue.md(value)
     if report.summary:
         meta["summary"] = MetadataValue.json(json.loads(json.dumps(report.summary, default=str)))
     if report.metrics:

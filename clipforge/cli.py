@@ -2,7 +2,8 @@
 
 clipforge <stage> [--params FILE] [--set section.key=value ...] [--no-progress]
 clipforge chain   [--params FILE] [--set ...] [--from STAGE] [--to STAGE]
-clipforge stages
+clipforge stages | models | summary
+clipforge benchmark latency [--variants nano S0 ...] [--json PATH] [--markdown]
 """
 
 from __future__ import annotations
@@ -69,22 +70,61 @@ def _models() -> int:
     """Every registered student with its towers' parameter counts (built weightless, on meta)."""
     import torch
 
-    from training.students import STUDENT_REGISTRY, build_student
+    from training.students import STUDENT_REGISTRY, build_student, tower_params
 
     print(f"{'variant':18s} {'image (M)':>10s} {'text (M)':>10s} {'res':>4s} {'embed':>5s}  paper (M)")
     for name in sorted(STUDENT_REGISTRY):
         # The large variants are built weightless; open_clip's own models need real tensors.
         with torch.device("meta" if name.startswith("MobileCLIP") else "cpu"):
             student = build_student(name)
-        clip = student.clip
-        image = sum(p.numel() for p in clip.visual.parameters()) / 1e6
-        text = (sum(p.numel() for p in clip.parameters()) - sum(p.numel() for p in clip.visual.parameters())) / 1e6
-        text -= clip.logit_scale.numel() / 1e6
-        paper = getattr(getattr(clip, "config", None), "paper_params_m", None)
+        image, text = (count / 1e6 for count in tower_params(student))
+        paper = getattr(getattr(student.clip, "config", None), "paper_params_m", None)
         info = student.info
         paper_text = f"{paper[0]} + {paper[1]}" if paper else "-"
         print(f"{name:18s} {image:10.2f} {text:10.2f} {info.image_size:4d} {info.embed_dim:5d}  {paper_text}")
     return 0
+
+
+def _benchmark_latency(args: argparse.Namespace) -> int:
+    """Time every chosen variant against the baseline; print the table, write the JSON."""
+    from export import latency
+
+    # Options left out take export.latency's defaults (imported here: the CLI starts without torch).
+    chosen = {k: getattr(args, k) for k in ("warmup", "repeats", "threads") if getattr(args, k) is not None}
+    variants = args.variants or list(latency.DEFAULT_VARIANTS)
+    try:
+        settings = latency.LatencySettings(**chosen)
+        latency.resolve_variants(variants)
+    except (KeyError, ValueError) as err:
+        print(f"benchmark latency: {err.args[0]}", file=sys.stderr)
+        return 2
+    result = latency.run_benchmark(
+        variants,
+        baseline=args.baseline or latency.DEFAULT_BASELINE,
+        settings=settings,
+        progress=lambda message: print(f"timing {message}", flush=True),
+    )
+    path = Path(args.json) if args.json else latency.DEFAULT_JSON
+    latency.write_json(result, path)
+    print(latency.render_table(result))
+    print(f"threads {settings.threads}, warmup {settings.warmup}, repeats {settings.repeats}; {result['machine']}")
+    print(f"wrote {path}")
+    if args.markdown:
+        print("\n" + latency.render_markdown(result))
+    return 0
+
+
+def _add_benchmark(sub: argparse._SubParsersAction) -> None:
+    benchmark = sub.add_parser("benchmark", help="measurements outside the chain")
+    kinds = benchmark.add_subparsers(dest="benchmark", required=True)
+    latency = kinds.add_parser("latency", help="batch-1 CPU latency of student variants vs a ViT-B/16 CLIP")
+    latency.add_argument("--variants", nargs="+", metavar="NAME", help="student names or aliases (default: nano S0-B)")
+    latency.add_argument("--baseline", help="open_clip model name, random weights (default: ViT-B-16)")
+    latency.add_argument("--repeats", type=int, help="timed runs per measurement (default: 20)")
+    latency.add_argument("--warmup", type=int, help="untimed runs before them (default: 5)")
+    latency.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: all usable cores)")
+    latency.add_argument("--json", help="where every figure goes (default: reports/latency.json)")
+    latency.add_argument("--markdown", action="store_true", help="also print the README table")
 
 
 def _summary(params: Params) -> int:
@@ -130,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     chain.add_argument("--to", dest="last", choices=list(STAGES), default=CHAIN[-1].name)
     sub.add_parser("stages", help="list the stages of the chain")
     sub.add_parser("models", help="list the student variants with image and text parameter counts")
+    _add_benchmark(sub)
     summary = sub.add_parser("summary", help="what the last run of each stage left in the lake")
     summary.add_argument("--params", default="params.yaml")
     summary.add_argument("--set", dest="overrides", action="append", default=[])
@@ -141,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "models":
         return _models()
+    if args.command == "benchmark":
+        return _benchmark_latency(args)
     if args.command == "summary":
         return _summary(load_params(args.params, args.overrides))
     if args.command == "chain":

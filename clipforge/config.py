@@ -182,6 +182,10 @@ class EvaluationConfig(_Section):
     champion_alias: str = "champion"
     # Extra clip_benchmark-format webdataset eval sets (local folders), beside the embedded one.
     extra_benchmarks: list[str] = Field(default_factory=list)
+    # Batch-1 CPU latency of the evaluated student (training/latency.py): untimed, then timed
+    # calls per tower and runtime; a few seconds for the nano student.
+    latency_warmup: int = Field(3, ge=0)
+    latency_repeats: int = Field(10, ge=1)
 
 
 class Params(_Section):

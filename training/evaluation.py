@@ -5,6 +5,11 @@ Reads the reparameterized student (``reparameterized_model/model``), the exporte
 (``embedded_corpus/benchmark``) plus ``params.evaluation.extra_benchmarks``, all in
 clip_benchmark's webdataset layout. Writes ``metrics.json`` (flat name -> value) and a
 manifest with one row per task and metric (docs/stages.md).
+
+It also times the evaluated (folded) student at batch 1 on the CPU, in PyTorch and, when
+``coreml_package`` holds them, on its ONNX files in ONNX Runtime: ``latency_*_ms`` metrics and
+a markdown table in the summary. Those figures are informative, not gated: the manifest (and
+its quality gate) holds benchmark scores only.
 """
 
 from __future__ import annotations
@@ -19,13 +24,17 @@ import torch
 
 from clipforge.stage_api import StageContext, StageOutcome
 from training.benchmark_data import TaskSpec, list_tasks, load_task
-from training.students import load_student
+from training.latency import example_inputs, forms_markdown, forms_record, machine_facts, onnx_towers, torch_towers
+from training.students import StudentClip, load_student
 from training.zeroshot import evaluate_task
 
 METRICS_FILE = "metrics.json"
 EXPORT_SUFFIXES = (".mlpackage", ".onnx")
 CLASSIFICATION_METRICS = ("top1", "top5", "mean_per_class_recall")
 RETRIEVAL_METRICS = ("image_r1", "image_r5", "image_r10", "text_r1", "text_r5", "text_r10")
+# coreml_package's ONNX files per tower (docs/stages.md).
+ONNX_FILES = {"image": "image_encoder.onnx", "text": "text_encoder.onnx"}
+LATENCY_LABELS = {"torch": "PyTorch, folded", "onnx": "ONNX Runtime (coreml_package files)"}
 
 
 def benchmark_roots(ctx: StageContext) -> list[Path]:
@@ -99,6 +108,45 @@ def metrics_table(metrics: dict[str, float], kinds: dict[str, str]) -> str:
     return "\n".join(lines).rstrip()
 
 
+def measure_latency(ctx: StageContext, model: StudentClip) -> tuple[dict[str, float], dict[str, Any], str]:
+    """Batch-1 CPU latency of ``model`` (on the CPU, eval mode): metrics, summary entry, markdown.
+
+    Metrics: ``latency_image_ms`` / ``latency_text_ms`` (PyTorch median) and, when both ONNX
+    files are there and run, ``latency_onnx_image_ms`` / ``latency_onnx_text_ms``.
+    """
+    cfg = ctx.params.evaluation
+    threads = torch.get_num_threads()
+    inputs = example_inputs(model)
+    forms = {"torch": torch_towers(model, inputs, warmup=cfg.latency_warmup, repeats=cfg.latency_repeats)}
+    exports = export_files(ctx)
+    onnx_skipped = None
+    if all(name in exports for name in ONNX_FILES.values()):
+        files = {tower: exports[name] for tower, name in ONNX_FILES.items()}
+        try:
+            forms["onnx"] = onnx_towers(
+                files, inputs, threads=threads, warmup=cfg.latency_warmup, repeats=cfg.latency_repeats
+            )
+        except Exception as error:  # latency is informative: an unreadable file is noted, not fatal
+            onnx_skipped = f"ONNX Runtime could not run the files: {type(error).__name__}: {error}"
+    else:
+        onnx_skipped = f"coreml_package lacks {' or '.join(sorted(ONNX_FILES.values()))}"
+
+    metrics: dict[str, float] = {}
+    for form, prefix in (("torch", "latency"), ("onnx", "latency_onnx")):
+        for tower, timing in forms.get(form, {}).items():
+            metrics[f"{prefix}_{tower}_ms"] = timing.median_ms
+    summary = {
+        "batch": 1,
+        "threads": threads,
+        "warmup": cfg.latency_warmup,
+        "repeats": cfg.latency_repeats,
+        "forms": forms_record(forms),
+        "onnx_skipped": onnx_skipped,
+        "machine": machine_facts(),
+    }
+    return metrics, summary, forms_markdown(forms, LATENCY_LABELS)
+
+
 def _promote(ctx: StageContext, model_dir: Path, metrics: dict[str, float]) -> dict[str, Any]:
     cfg = ctx.params.evaluation
     exports = export_files(ctx)
@@ -131,7 +179,10 @@ def run(ctx: StageContext) -> StageOutcome:
     cfg = ctx.params.evaluation
     model_dir = ctx.inputs["reparameterized_model"] / "model"
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_student(model_dir).to(device).eval()
+    model = load_student(model_dir).eval()
+    # Timed on the CPU before the model moves to the evaluation device.
+    latency_metrics, latency, latency_table = measure_latency(ctx, model)
+    model = model.to(device)
     tokenizer = model.tokenizer()
     image_size = model.info.image_size
 
@@ -175,6 +226,7 @@ def run(ctx: StageContext) -> StageOutcome:
         del task
 
     metrics.update(aggregate(metrics, kinds))
+    metrics.update(latency_metrics)
     (ctx.out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))
     ctx.tracker.log_artifact(ctx.out_dir / METRICS_FILE)
     table = metrics_table(metrics, kinds)
@@ -194,6 +246,8 @@ def run(ctx: StageContext) -> StageOutcome:
         "tasks": tasks_summary,
         "samples_skipped": sum(t["skipped"] for t in tasks_summary),
         "metrics_table": table,
+        "latency": latency,
+        "latency_table": latency_table,
         "registry": registry,
     }
     manifest = pd.DataFrame(rows, columns=["task", "kind", "metric", "value", "num_samples", "source"])

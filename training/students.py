@@ -66,7 +66,8 @@ class StudentClip(nn.Module):
         return lambda texts: tok(list(texts), context_length=self.info.context_length)
 
 
-def _open_clip_student(variant: str, model_name: str) -> StudentClip:
+def open_clip_student(variant: str, model_name: str) -> StudentClip:
+    """Any open_clip config (``ViT-B-16``, clipforge's ``cf-*``) as a freshly initialised student."""
     clip = open_clip.create_model(model_name)
     cfg = open_clip.get_model_config(model_name)
     pre = clip.visual.preprocess_cfg
@@ -102,7 +103,7 @@ def _registry() -> dict[str, Callable[[], StudentClip]]:
     from training.mobileclip import list_variants
 
     registry: dict[str, Callable[[], StudentClip]] = {
-        "tiny-vit": lambda: _open_clip_student("tiny-vit", "cf-tiny-vit-student"),
+        "tiny-vit": lambda: open_clip_student("tiny-vit", "cf-tiny-vit-student"),
     }
     for name in list_variants():
         registry[name] = lambda name=name: _mobileclip_student(name)
@@ -118,6 +119,14 @@ def build_student(name: str) -> StudentClip:
     if name not in STUDENT_REGISTRY:
         raise KeyError(f"unknown student variant {name!r}; known: {sorted(STUDENT_REGISTRY)}")
     return STUDENT_REGISTRY[name]()
+
+
+def tower_params(student: StudentClip) -> tuple[int, int]:
+    """(image, text) parameter counts: the ``visual`` tower, then the rest but the logit scale."""
+    clip = student.clip
+    image = sum(p.numel() for p in clip.visual.parameters())
+    text = sum(p.numel() for p in clip.parameters()) - image - clip.logit_scale.numel()
+    return image, text
 
 
 def save_student(model: StudentClip, folder: Path, *, reparameterized: bool = False) -> None:

@@ -16,6 +16,7 @@ from dagster import (
     DefaultScheduleStatus,
     DefaultSensorStatus,
     Definitions,
+    MarkdownMetadataValue,
     RunRequest,
     SkipReason,
     build_sensor_context,
@@ -163,7 +164,13 @@ def test_materialization_metadata(tmp_path: Path) -> None:
     report = StageReport(
         stage="student_model",
         location=str(tmp_path / "lake" / "student_model"),
-        summary={"steps": 4, "final_loss": 2.5, "skipped": {"bad": 1}, "tasks": ["a", "b"]},
+        summary={
+            "steps": 4,
+            "final_loss": 2.5,
+            "skipped": {"bad": 1},
+            "tasks": ["a", "b"],
+            "latency_table": "| form | image ms |\n|---|---|\n| PyTorch | 1.50 |",
+        },
         metrics={"final_loss": 2.5, "seconds_per_step": 0.25},
         gate=GateResult(
             passed=True, checks=[{"expectation": "e", "column": None, "success": True, "observed": 1, "reason": "ok"}]
@@ -180,6 +187,8 @@ def test_materialization_metadata(tmp_path: Path) -> None:
     assert meta["skipped.bad"].value == 1
     assert meta["summary"].value["tasks"] == ["a", "b"]
     assert "| final_loss | 2.5 |" in meta["metrics"].value
+    assert isinstance(meta["latency_table"], MarkdownMetadataValue)
+    assert "| PyTorch | 1.50 |" in meta["latency_table"].value
     image = meta["preview: loss_curve"].value
     assert image.startswith("![loss_curve](data:image/png;base64,")
     assert base64.b64decode(image.split(",", 1)[1].rstrip(")")).startswith(b"\x89PNG")

@@ -18,11 +18,13 @@ from PIL import Image
 from clipforge.config import MlflowConfig, Params
 from clipforge.stage_api import StageContext
 from clipforge.tracking import configure
-from training.evaluation import run
-from training.students import build_student, save_student
+from training.evaluation import measure_latency, run
+from training.students import build_student, load_student, save_student
 
 RETRIEVAL_KEYS = {f"{d}_r{k}" for d in ("image", "text") for k in (1, 5, 10)}
 CLASSIFICATION_KEYS = {"top1", "top5", "mean_per_class_recall"}
+TORCH_LATENCY_KEYS = {"latency_image_ms", "latency_text_ms"}
+ONNX_LATENCY_KEYS = {"latency_onnx_image_ms", "latency_onnx_text_ms"}
 
 
 def _jpg(colour: tuple[int, int, int], size: tuple[int, int] = (20, 14)) -> bytes:
@@ -113,8 +115,9 @@ def test_run_without_mlflow(lake: dict[str, Path], tmp_path: Path) -> None:
     metrics = json.loads((ctx.out_dir / "metrics.json").read_text())
     expected = {f"colour/{m}" for m in CLASSIFICATION_KEYS} | {f"grey/{m}" for m in CLASSIFICATION_KEYS}
     expected |= {f"caps/{m}" for m in RETRIEVAL_KEYS} | {"zeroshot_top1_mean", "retrieval_mean_r1"}
-    assert set(metrics) == expected and metrics == pytest.approx(outcome.metrics)
-    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    # The package holds no text_encoder.onnx: PyTorch latency only.
+    assert set(metrics) == expected | TORCH_LATENCY_KEYS and metrics == pytest.approx(outcome.metrics)
+    assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k in expected)
     assert metrics["zeroshot_top1_mean"] == pytest.approx((metrics["colour/top1"] + metrics["grey/top1"]) / 2)
     assert metrics["retrieval_mean_r1"] == pytest.approx((metrics["caps/image_r1"] + metrics["caps/text_r1"]) / 2)
     # k is capped at the candidates: 3 images and 9 captions -> R@5 and R@10 are certain
@@ -135,7 +138,54 @@ def test_run_without_mlflow(lake: dict[str, Path], tmp_path: Path) -> None:
     assert summary["registry"]["promoted"] is False and "no MLflow run" in summary["registry"]["reason"]
     assert summary["registry"]["exports_attached"] == ["image_encoder.mlpackage", "image_encoder.onnx"]
     assert ctx.tracker.tags["clipforge.registry.promoted"] == "false"  # type: ignore[attr-defined]
+    latency = summary["latency"]
+    assert set(latency["forms"]) == {"torch"} and "text_encoder.onnx" in latency["onnx_skipped"]
+    assert metrics["latency_image_ms"] == latency["forms"]["torch"]["image"]["median_ms"]
+    assert metrics["latency_text_ms"] == latency["forms"]["torch"]["text"]["median_ms"]
+    assert latency["repeats"] == 10 and latency["threads"] == torch.get_num_threads()
+    assert "| PyTorch, folded |" in summary["latency_table"] and "ONNX" not in summary["latency_table"]
     json.dumps(summary)  # the report must be JSON-able
+
+
+def _assert_timings(forms: dict[str, Any], expected_forms: set[str]) -> None:
+    assert set(forms) == expected_forms
+    for towers in forms.values():
+        for tower in ("image", "text"):
+            timing = towers[tower]
+            assert 0 < timing["median_ms"] <= timing["p90_ms"] and math.isfinite(timing["p90_ms"])
+        assert towers["total_ms"] == pytest.approx(towers["image"]["median_ms"] + towers["text"]["median_ms"])
+
+
+def test_latency_of_the_packaged_onnx_files(lake: dict[str, Path], tmp_path: Path) -> None:
+    from export.onnx_export import export_image_onnx, export_text_onnx
+
+    student = load_student(lake["reparameterized_model"] / "model")
+    package = tmp_path / "coreml_package"
+    export_image_onnx(student, package / "image_encoder.onnx", opset=18)
+    export_text_onnx(student, package / "text_encoder.onnx", opset=18)
+    ctx = _ctx(tmp_path, {**lake, "coreml_package": package}, latency_repeats=3, latency_warmup=1)
+    outcome = run(ctx)
+
+    assert set(outcome.metrics) >= TORCH_LATENCY_KEYS | ONNX_LATENCY_KEYS
+    latency = outcome.summary["latency"]
+    _assert_timings(latency["forms"], {"torch", "onnx"})
+    assert latency["onnx_skipped"] is None and latency["forms"]["onnx"]["image"]["repeats"] == 3
+    assert outcome.metrics["latency_onnx_text_ms"] == latency["forms"]["onnx"]["text"]["median_ms"]
+    assert "| ONNX Runtime (coreml_package files) |" in outcome.summary["latency_table"]
+    # Latency never enters the gated manifest (values in [0, 1], kinds classification/retrieval).
+    assert not outcome.manifest.metric.str.startswith("latency").any()
+
+
+def test_unreadable_onnx_files_skip_onnx_latency(lake: dict[str, Path], tmp_path: Path) -> None:
+    package = tmp_path / "coreml_package"
+    package.mkdir()
+    for name in ("image_encoder.onnx", "text_encoder.onnx"):
+        (package / name).write_bytes(b"not an onnx file")
+    ctx = _ctx(tmp_path, {**lake, "coreml_package": package}, latency_repeats=2)
+    metrics, summary, table = measure_latency(ctx, load_student(lake["reparameterized_model"] / "model"))
+    assert set(metrics) == TORCH_LATENCY_KEYS
+    _assert_timings(summary["forms"], {"torch"})
+    assert "could not run" in summary["onnx_skipped"] and "PyTorch" in table
 
 
 def test_missing_promotion_metric_is_a_recorded_skip(lake: dict[str, Path], tmp_path: Path) -> None:
