@@ -37,6 +37,7 @@ from PIL import Image
 from clipforge.config import Params
 from clipforge.stage_api import StageContext, StageOutcome
 from pipelines import lake
+from pipelines.quality import POOL_COLUMNS
 from pipelines.shards import Sample
 from training.tar_shards import IMAGE_EXTS, ShardWriter, TarGroup, iter_tar_groups
 
@@ -83,18 +84,7 @@ METADATA_COLUMNS: tuple[str, ...] = (
     "clip_l14_similarity_score",
 )
 MANIFEST_COLUMNS: tuple[str, ...] = (
-    "uid",
-    "key",
-    "shard",
-    "url",
-    "text",
-    "width",
-    "height",
-    "original_width",
-    "original_height",
-    "sha256",
-    "clip_b32_similarity_score",
-    "clip_l14_similarity_score",
+    *POOL_COLUMNS,
     # Where the sample came from, relative to the source root (same for local and S3).
     "source_shard",
     "source_key",

@@ -152,7 +152,9 @@ SHA256 = r"^[0-9a-f]{64}$"
 
 # -- the suites (docs/stages.md) -------------------------------------------------------------
 
-_POOL_COLUMNS = (
+# The manifest columns the stages write, in order; datacomp_ingest and reinforce build their
+# manifests from these so the contract has one owner.
+POOL_COLUMNS: tuple[str, ...] = (
     "uid",
     "key",
     "shard",
@@ -165,6 +167,17 @@ _POOL_COLUMNS = (
     "sha256",
     "clip_b32_similarity_score",
     "clip_l14_similarity_score",
+)
+REINFORCED_COLUMNS: tuple[str, ...] = (
+    "uid",
+    "key",
+    "shard",
+    "num_augs",
+    "num_syn",
+    "emb_dim",
+    "embeddings_finite",
+    "image_emb_norm",
+    "text_emb_norm",
 )
 _POOL_SCORES = frozenset({"clip_b32_similarity_score", "clip_l14_similarity_score"})
 
@@ -205,7 +218,7 @@ def suite_for(stage: str, params: Params) -> Suite:
             ),
         ),
         "datacomp_pool": lambda: Suite(
-            required=_POOL_COLUMNS,
+            required=POOL_COLUMNS,
             nullable=_POOL_SCORES,
             unique=(("uid",),),
             rules=(*_pool_rules(), non_empty_text("text", mostly=POOL_MIN_CAPTIONED_FRACTION)),
@@ -213,7 +226,7 @@ def suite_for(stage: str, params: Params) -> Suite:
         "teacher_models": _model_suite,
         "captioner_model": _model_suite,
         "filtered_pool": lambda: Suite(
-            required=(*_POOL_COLUMNS, "clip_score"),
+            required=(*POOL_COLUMNS, "clip_score"),
             nullable=_POOL_SCORES,
             unique=(("uid",),),
             rules=(*_pool_rules(), between("clip_score", -1, 1), non_empty_text("text")),
@@ -228,16 +241,7 @@ def suite_for(stage: str, params: Params) -> Suite:
             ),
         ),
         "reinforced_dataset": lambda: Suite(
-            required=(
-                "uid",
-                "shard",
-                "num_augs",
-                "num_syn",
-                "emb_dim",
-                "embeddings_finite",
-                "image_emb_norm",
-                "text_emb_norm",
-            ),
+            required=REINFORCED_COLUMNS,
             unique=(("uid",),),
             rules=(
                 between("num_augs", a, a, statement=f"num_augs == {a} (reinforced_dataset.num_augmentations)"),

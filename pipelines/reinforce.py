@@ -35,22 +35,12 @@ from PIL import Image
 
 from clipforge.config import ReinforcedDatasetConfig
 from clipforge.stage_api import StageContext, StageOutcome
+from pipelines.quality import REINFORCED_COLUMNS
 from training.augment import replay_many, sample_aug_params
 from training.clip_models import LoadedClip, load_teachers
 from training.dr_format import DR_META_FILE, DRMeta, DRSample, encode_sample
 from training.tar_shards import IMAGE_EXTS, ShardWriter, iter_tar_samples
 
-MANIFEST_COLUMNS = [
-    "uid",
-    "key",
-    "shard",
-    "num_augs",
-    "num_syn",
-    "emb_dim",
-    "embeddings_finite",
-    "image_emb_norm",
-    "text_emb_norm",
-]
 PREVIEW_FILE = "previews/augmentations.png"
 
 
@@ -325,7 +315,7 @@ def run(ctx: StageContext) -> StageOutcome:
     meta.write(ctx.out_dir / DR_META_FILE)
     seconds = time.perf_counter() - started
     preview_rel = _save_preview(ctx.out_dir, preview, min(8, cfg.num_augmentations))
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest = pd.DataFrame(rows, columns=list(REINFORCED_COLUMNS))
     n = len(manifest)
     summary: dict[str, Any] = {
         "samples": n,

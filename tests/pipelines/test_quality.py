@@ -84,6 +84,7 @@ def good_manifest(stage: str, params: Params) -> pd.DataFrame:
         "reinforced_dataset": lambda: pd.DataFrame(
             {
                 "uid": [f"{i:032x}" for i in range(N)],
+                "key": [f"{i:09d}" for i in range(N)],
                 "shard": "shards/00000.tar",
                 "num_augs": a,
                 "num_syn": s,
