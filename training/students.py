@@ -140,6 +140,12 @@ def save_student(model: StudentClip, folder: Path, *, reparameterized: bool = Fa
     (folder / STUDENT_FILE).write_text(json.dumps(record, indent=2))
 
 
+def is_folded_student(folder: Path) -> bool:
+    """Whether ``folder`` holds a student saved with ``reparameterized=True``."""
+    record = folder / STUDENT_FILE
+    return record.is_file() and bool(json.loads(record.read_text()).get("reparameterized", False))
+
+
 def load_student(folder: Path) -> StudentClip:
     info = json.loads((folder / STUDENT_FILE).read_text())
     model = build_student(info["variant"])

@@ -30,8 +30,9 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 from clipforge.config import StudentModelConfig
 from clipforge.stage_api import NullTracker, StageContext, StageOutcome, Tracker
 from training.losses import mobileclip_loss
+from training.mobileclip.checkpoints import load_pretrained_student
 from training.schedules import cosine_lr, set_lr
-from training.students import StudentClip, build_student, save_student
+from training.students import StudentClip, build_student, is_folded_student, save_student
 
 MODEL_DIR = "model"
 HISTORY_FILE = "history.parquet"
@@ -316,11 +317,24 @@ def _open_reinforced(folder: Path, tokenizer: Callable, image_size: int, seed: i
     return dataset, dataset.meta, collate
 
 
+def initial_student(cfg: StudentModelConfig) -> StudentClip:
+    """A fresh ``cfg.model`` student, or one holding ``cfg.init_checkpoint``'s weights."""
+    if cfg.init_checkpoint is None:
+        return build_student(cfg.model)
+    if is_folded_student(Path(cfg.init_checkpoint)):
+        # Folded blocks have lost their train-time branches: training them is not the recipe.
+        raise ValueError(
+            f"student_model.init_checkpoint={cfg.init_checkpoint!r} is a reparameterized (folded) student; "
+            "start from the unfolded student_model folder instead"
+        )
+    return load_pretrained_student(cfg.model, cfg.init_checkpoint)
+
+
 def run(ctx: StageContext) -> StageOutcome:
     cfg = ctx.params.student_model
     folder = ctx.inputs["reinforced_dataset"]
     _seed_everything(cfg.seed)
-    model = build_student(cfg.model)
+    model = initial_student(cfg)
     if model.info.image_size != cfg.image_size:
         raise ValueError(
             f"student_model.image_size={cfg.image_size} but variant {cfg.model!r} takes {model.info.image_size} px"

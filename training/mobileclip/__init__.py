@@ -3,6 +3,8 @@
 ``build_mobileclip(name)`` builds a variant from ``variant_config(name)``; ``list_variants()``
 names them; ``count_params(model)`` gives (image, text) parameter counts. Every train-time
 multi-branch block has ``reparameterize()`` (fold in eval mode, on a copy: METHOD.md 2.8).
+open_clip's and Apple's checkpoint layouts: ``training.mobileclip.checkpoints`` (not re-exported
+here: it builds students, and ``training.students`` imports this package).
 """
 
 from training.mobileclip.image_encoder import ImageEncoder
