@@ -3,6 +3,7 @@
 clipforge <stage> [--params FILE] [--set section.key=value ...] [--no-progress]
 clipforge chain   [--params FILE] [--set ...] [--from STAGE] [--to STAGE]
 clipforge stages
+clipforge export  (--student FOLDER | --variant NAME) [--out DIR] [--precision P] [--formats coreml,onnx]
 """
 
 from __future__ import annotations
@@ -116,6 +117,30 @@ def _summary(params: Params) -> int:
     return 1 if missing else 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("export", help="fold, export to Core ML + ONNX, verify and report one student")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--student", type=Path, metavar="FOLDER", help="a student folder (student.json), folded or not")
+    source.add_argument("--variant", metavar="NAME", help="a freshly initialised (random) model of this variant")
+    parser.add_argument("--out", type=Path, help="output folder (default: exports/<variant>)")
+    parser.add_argument("--precision", choices=["float16", "float32"], default="float16", help="Core ML precision")
+    parser.add_argument("--formats", default="coreml,onnx", help="comma-separated: coreml, onnx (default: both)")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from export.command import export_student, format_report
+
+    report = export_student(
+        args.out,
+        folder=args.student,
+        variant=args.variant,
+        precision=args.precision,
+        formats=[name.strip() for name in args.formats.split(",") if name.strip()],
+    )
+    print(format_report(report))
+    return 0 if report["passed"] else EXIT_GATE_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(
@@ -130,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     chain.add_argument("--to", dest="last", choices=list(STAGES), default=CHAIN[-1].name)
     sub.add_parser("stages", help="list the stages of the chain")
     sub.add_parser("models", help="list the student variants with image and text parameter counts")
+    _add_export(sub)
     summary = sub.add_parser("summary", help="what the last run of each stage left in the lake")
     summary.add_argument("--params", default="params.yaml")
     summary.add_argument("--set", dest="overrides", action="append", default=[])
@@ -141,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "models":
         return _models()
+    if args.command == "export":
+        return _export(args)
     if args.command == "summary":
         return _summary(load_params(args.params, args.overrides))
     if args.command == "chain":
