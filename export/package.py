@@ -124,10 +124,10 @@ def export_package(
 
 
 def verify_file(entry: PackageFile, path: Path, student: StudentClip, cfg: CoremlPackageConfig) -> dict[str, Any]:
-    """One manifest row: ``verified``, ``cosine_min`` and the problems found (never raises)."""
+    """One manifest row: ``verified``, ONNX cosines and the problems found (never raises)."""
     problems: list[str] = []
     facts: dict[str, Any] = {}
-    cosine = float("nan")
+    cosine = centred = float("nan")
     if not path.exists():
         problems.append(f"{entry.file} was not written")
     elif entry.format == "mlpackage":
@@ -144,7 +144,7 @@ def verify_file(entry: PackageFile, path: Path, student: StudentClip, cfg: Corem
         problems += onnx_check.problems
         facts.update(onnx_check.facts)
         facts.update({"samples": onnx_check.samples, "max_abs_diff": onnx_check.max_abs_diff})
-        cosine = onnx_check.cosine_min
+        cosine, centred = onnx_check.cosine_min, onnx_check.centred_cosine_min
     return {
         "file": entry.file,
         "format": entry.format,
@@ -152,6 +152,7 @@ def verify_file(entry: PackageFile, path: Path, student: StudentClip, cfg: Corem
         "bytes": path_bytes(path),
         "verified": not problems,
         "cosine_min": cosine,
+        "centred_cosine_min": centred,  # export.parity: the input-dependent part
         "sha256": path_sha256(path) if path.exists() else "",
         "problems": "; ".join(problems),
         "facts": json.dumps(facts, default=str, sort_keys=True),
@@ -201,7 +202,7 @@ def package_student(
     manifest["export_seconds"] = manifest["file"].map(seconds)
 
     failed = manifest.loc[~manifest["verified"], ["file", "problems"]]
-    onnx_rows = manifest[manifest["format"] == "onnx"].set_index("tower")["cosine_min"]
+    onnx_rows = manifest[manifest["format"] == "onnx"].set_index("tower")
     summary = {
         "variant": student.info.variant,
         "exported": [entry.file for entry in entries],
@@ -218,7 +219,8 @@ def package_student(
             "route": EXPORTER_ROUTE,
             "opset": cfg.onnx_opset,
             "min_cosine_required": cfg.onnx_min_cosine,
-            "cosine_min": {tower: float(value) for tower, value in onnx_rows.items()},
+            "cosine_min": {tower: float(value) for tower, value in onnx_rows["cosine_min"].items()},
+            "centred_cosine_min": {tower: float(value) for tower, value in onnx_rows["centred_cosine_min"].items()},
         },
         "export_seconds": seconds,
         "verify_seconds": round(verify_seconds, 3),
@@ -229,7 +231,7 @@ def package_student(
         "export_seconds": export_seconds,
         "verify_seconds": verify_seconds,
         "verified_files": float(manifest["verified"].sum()),
-        **{f"onnx_cosine_min_{tower}": float(value) for tower, value in onnx_rows.items()},
+        **{f"onnx_cosine_min_{tower}": float(value) for tower, value in onnx_rows["cosine_min"].items()},
         **{f"bytes_{row.file}": float(row.bytes) for row in manifest.itertuples()},
     }
     return PackageResult(manifest=manifest, summary=summary, metrics=metrics)
