@@ -18,6 +18,7 @@ from clipforge.config import Params, load_params
 from clipforge.stages import CHAIN, STAGES, GateFailed, StageReport, read_report, run_stage
 
 EXIT_GATE_FAILED = 3
+EXIT_USAGE = 2  # argparse's code for bad arguments
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -130,13 +131,17 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _export(args: argparse.Namespace) -> int:
     from export.command import export_student, format_report
 
-    report = export_student(
-        args.out,
-        folder=args.student,
-        variant=args.variant,
-        precision=args.precision,
-        formats=[name.strip() for name in args.formats.split(",") if name.strip()],
-    )
+    try:
+        report = export_student(
+            args.out,
+            folder=args.student,
+            variant=args.variant,
+            precision=args.precision,
+            formats=[name.strip() for name in args.formats.split(",") if name.strip()],
+        )
+    except (KeyError, ValueError, FileNotFoundError) as err:  # a bad variant, folder or format
+        print(f"clipforge export: {err}", file=sys.stderr)
+        return EXIT_USAGE
     print(format_report(report))
     return 0 if report["passed"] else EXIT_GATE_FAILED
 

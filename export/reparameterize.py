@@ -247,6 +247,7 @@ def run(ctx: StageContext) -> StageOutcome:
             "max_abs_diff": max(report.max_abs_diff[tower], diff_reloaded[tower]),
             "folded_vs_unfolded": report.max_abs_diff[tower],
             "reloaded_vs_unfolded": diff_reloaded[tower],
+            "centred_cosine_min": report.centred_cosine_min[tower],
         }
         for tower in TOWERS
     ]
@@ -265,7 +266,6 @@ def run(ctx: StageContext) -> StageOutcome:
         "folded_by_tower": per_tower,
         "atol": atol,
         "max_abs_diff": {row["tower"]: row["max_abs_diff"] for row in rows},
-        "centred_cosine_min": report.centred_cosine_min,
         "within_atol": all(row["max_abs_diff"] <= atol for row in rows),
         "params_before": params_before,
         "params_after": params_after,
