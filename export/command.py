@@ -81,7 +81,7 @@ def export_student(
 
     ``out_dir`` defaults to ``exports/<variant>`` under the working directory.
 
-    Files are written to a staging folder beside ``out_dir`` and moved in once verified
+    Files are written to a staging folder inside ``out_dir`` and moved in once verified
     (failed or not), replacing earlier files of the same names; other files are left alone.
     """
     started = time.perf_counter()

@@ -173,7 +173,7 @@ class ExportResult:
     seconds: float  # torch.export + conversion + save
 
 
-def drop_aliases(program: torch.export.ExportedProgram) -> int:
+def _drop_aliases(program: torch.export.ExportedProgram) -> int:
     """Replace every ``aten.alias`` node by its input; returns how many were dropped.
 
     torch.export records a view that is the whole tensor (the causal text mask sliced to the
@@ -194,7 +194,7 @@ def _convert(module: nn.Module, example: torch.Tensor, ct_input: Any, precision:
     import coremltools as ct
 
     exported = torch.export.export(module.eval(), (example,)).run_decompositions({})
-    drop_aliases(exported)
+    _drop_aliases(exported)
     return ct.convert(
         exported,
         inputs=[ct_input],

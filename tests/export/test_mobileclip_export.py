@@ -25,17 +25,20 @@ import clipforge
 from clipforge.config import CoremlPackageConfig
 from export.coreml_export import (
     ImageEncoder,
-    TextEncoder,
     expected_image_spec,
+    expected_text_spec,
     export_image_encoder,
+    export_text_encoder,
     verify_coreml_spec,
     verify_coreml_weights,
 )
-from export.onnx_export import export_image_onnx, verify_image_onnx
+from export.coreml_export import TextEncoder as CoremlTextEncoder
+from export.onnx_export import export_image_onnx, export_text_onnx, verify_image_onnx, verify_text_onnx
 from export.package import FILES, package_student
 from export.parity import centred_cosines, cosines
 from export.reparameterize import check_inputs, fold_student, pending_folds
 from tests.fold_helpers import randomise_branches
+from training.mobileclip import MobileClip, TextEncoder
 from training.mobileclip.variants import OPENAI_MEAN, OPENAI_STD
 from training.students import StudentClip, build_student
 
@@ -142,7 +145,7 @@ def test_coreml_packages_have_the_documented_interface(exported: Exported) -> No
 def test_stored_weights_are_the_folded_models(exported: Exported) -> None:
     # The same architecture with other weights must be told apart.
     other, _ = fold_student(_student(exported.folded.info.variant, seed=1), *check_inputs(exported.folded, 1))
-    for tower, wrapper in (("image", ImageEncoder), ("text", TextEncoder)):
+    for tower, wrapper in (("image", ImageEncoder), ("text", CoremlTextEncoder)):
         path = exported.out_dir / f"{tower}_encoder.mlpackage"
         check = verify_coreml_weights(path, wrapper(exported.folded), tower)
         assert check.passed and check.facts["matched_fraction"] >= 0.5, check.problems
@@ -179,3 +182,19 @@ def test_non_unit_mean_std_is_applied_in_the_graph(tmp_path: Path) -> None:
     wrong_onnx = verify_image_onnx(onnx_file, unit_folded, min_cosine=MIN_COSINE)
     assert wrong_onnx.cosine_min >= MIN_COSINE and wrong_onnx.centred_cosine_min < MIN_COSINE
     assert not wrong_onnx.passed and "batch-centred" in wrong_onnx.problems[0]
+
+
+def test_a_causal_text_tower_converts(tmp_path: Path) -> None:
+    """MobileCLIP-B's text tower is causal: its mask, sliced to the full context, is an
+    ``aten.alias`` in the exported graph, which coremltools cannot convert unless dropped."""
+    nano = _student("MobileCLIP-nano", seed=0)
+    causal = TextEncoder(blocks=("attn",), width=32, heads=2, embed_dim=nano.info.embed_dim, causal=True)
+    student = StudentClip(MobileClip(nano.clip.visual, causal, nano.clip.config), nano.info).eval()
+    package = tmp_path / "text_encoder.mlpackage"
+    export_text_encoder(student, package)
+    check = verify_coreml_spec(package, expected_text_spec(student))
+    assert check.passed and check.facts["argmax_ops"] == 1, check.problems
+    assert verify_coreml_weights(package, CoremlTextEncoder(student), "text").passed
+    onnx_file = tmp_path / "text_encoder.onnx"
+    export_text_onnx(student, onnx_file, opset=18)
+    assert verify_text_onnx(onnx_file, student, min_cosine=MIN_COSINE).passed
