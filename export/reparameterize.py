@@ -76,10 +76,10 @@ def pending_folds(model: nn.Module) -> list[str]:
     A foldable block is one with a fold hook: timm's MobileOneBlock, ReparamLargeKernelConv,
     RepMixer and RepConditionalPosEnc, clipforge's TextRepMixer and ConvFFN (the two halves of
     a TextRepMixerBlock). It is pending when its marker says unfolded, or when it still holds
-    a BatchNorm: every branch such a block folds ends in a BatchNorm, and the fold deletes
-    them all, so a leftover BatchNorm means a partial fold (or, for a block without a readable
-    marker, no fold at all). Plain conv + BatchNorm pairs outside these blocks (timm's ConvMlp,
-    the ViT conv stem) are single-branch and not reported.
+    a BatchNorm: folding removes every BatchNorm inside such a block, so a leftover one means
+    a partial fold (or, for a block without a readable marker, no fold at all). Plain conv +
+    BatchNorm pairs outside these blocks (timm's ConvMlp, the ViT conv stem) are single-branch
+    and not reported.
     """
     return [
         name or "<root>"
@@ -213,7 +213,7 @@ def fold_student(model: StudentClip, pixels: torch.Tensor, tokens: torch.Tensor)
 
     ``pixels`` [N, 3, S, S] in [0, 1] and ``tokens`` [C, context_length] are the check inputs
     (``check_inputs``). The original is left as it was. Raises ValueError in train mode and
-    RuntimeError when a block keeps its branches; the caller judges ``max_abs_diff``.
+    RuntimeError when a block keeps its branches; the caller judges the two metrics.
     """
     started = time.perf_counter()
     folded, blocks = fold_with_report(model)
