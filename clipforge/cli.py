@@ -4,6 +4,7 @@ clipforge <stage> [--params FILE] [--set section.key=value ...] [--no-progress]
 clipforge chain   [--params FILE] [--set ...] [--from STAGE] [--to STAGE]
 clipforge stages | models | summary
 clipforge benchmark latency [--variants nano S0 ...] [--json PATH] [--markdown]
+clipforge export  (--student FOLDER | --variant NAME) [--out DIR] [--precision P] [--formats coreml,onnx]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from clipforge.config import Params, load_params
 from clipforge.stages import CHAIN, STAGES, GateFailed, StageReport, read_report, run_stage
 
 EXIT_GATE_FAILED = 3
+EXIT_USAGE = 2  # argparse's code for bad arguments
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -156,6 +158,34 @@ def _summary(params: Params) -> int:
     return 1 if missing else 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("export", help="fold, export to Core ML + ONNX, verify and report one student")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--student", type=Path, metavar="FOLDER", help="a student folder (student.json), folded or not")
+    source.add_argument("--variant", metavar="NAME", help="a freshly initialised (random) model of this variant")
+    parser.add_argument("--out", type=Path, help="output folder (default: exports/<variant>)")
+    parser.add_argument("--precision", choices=["float16", "float32"], default="float16", help="Core ML precision")
+    parser.add_argument("--formats", default="coreml,onnx", help="comma-separated: coreml, onnx (default: both)")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from export.command import export_student, format_report
+
+    try:
+        report = export_student(
+            args.out,
+            folder=args.student,
+            variant=args.variant,
+            precision=args.precision,
+            formats=[name.strip() for name in args.formats.split(",") if name.strip()],
+        )
+    except (KeyError, ValueError, FileNotFoundError) as err:  # a bad variant, folder or format
+        print(f"clipforge export: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(format_report(report))
+    return 0 if report["passed"] else EXIT_GATE_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(
@@ -171,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("stages", help="list the stages of the chain")
     sub.add_parser("models", help="list the student variants with image and text parameter counts")
     _add_benchmark(sub)
+    _add_export(sub)
     summary = sub.add_parser("summary", help="what the last run of each stage left in the lake")
     summary.add_argument("--params", default="params.yaml")
     summary.add_argument("--set", dest="overrides", action="append", default=[])
@@ -184,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         return _models()
     if args.command == "benchmark":
         return _benchmark_latency(args)
+    if args.command == "export":
+        return _export(args)
     if args.command == "summary":
         return _summary(load_params(args.params, args.overrides))
     if args.command == "chain":

@@ -111,6 +111,9 @@ class CoremlExpectation:
     minimum_deployment_target: str = "iOS17"
     output_name: str = OUTPUT_NAME
     metadata: dict[str, str] = field(default_factory=dict)
+    # The student's pixel normalisation, applied inside the network after the 1/255 scale.
+    pixel_mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0)
 
 
 def expected_image_spec(
@@ -125,6 +128,8 @@ def expected_image_spec(
         precision=precision,
         minimum_deployment_target=target,
         metadata=encoder_metadata(student, "image", ImageEncoder(student)),
+        pixel_mean=tuple(student.info.mean),
+        pixel_std=tuple(student.info.std),
     )
 
 
@@ -168,10 +173,28 @@ class ExportResult:
     seconds: float  # torch.export + conversion + save
 
 
+def _drop_aliases(program: torch.export.ExportedProgram) -> int:
+    """Replace every ``aten.alias`` node by its input; returns how many were dropped.
+
+    torch.export records a view that is the whole tensor (the causal text mask sliced to the
+    full context, ``mask[:77, :77]``) as ``aten.alias``, which coremltools 9 cannot convert
+    ("Unsupported fx node alias"). In a functional inference graph an alias is its input.
+    """
+    graph = program.graph_module.graph
+    aliases = [node for node in graph.nodes if node.target is torch.ops.aten.alias.default]
+    for node in aliases:
+        node.replace_all_uses_with(node.args[0])
+        graph.erase_node(node)
+    if aliases:
+        program.graph_module.recompile()
+    return len(aliases)
+
+
 def _convert(module: nn.Module, example: torch.Tensor, ct_input: Any, precision: str, target: str) -> Any:
     import coremltools as ct
 
     exported = torch.export.export(module.eval(), (example,)).run_decompositions({})
+    _drop_aliases(exported)
     return ct.convert(
         exported,
         inputs=[ct_input],
@@ -333,21 +356,95 @@ def _check_program(program: Any, expected: CoremlExpectation, problems: list[str
     facts["ops"] = len(operations)
 
     if expected.input_kind == "image":
-        # ImageType preprocessing lives in the program: image -> mul(1/255) [-> add(bias)].
-        image = main.inputs.get(expected.input_name)
-        consumers = [op for op in operations if image is not None and image in op.inputs.values()]
-        scales = [op for op in consumers if op.op_type == "mul"]
-        scale = scales[0].inputs["y"].val if len(scales) == 1 else None
-        facts["input_scale"] = None if scale is None else float(np.asarray(scale).reshape(-1)[0])
-        if scale is None or not np.allclose(np.asarray(scale, dtype=np.float64), IMAGE_SCALE, rtol=1e-6):
-            problems.append(f"image input is not scaled by 1/255 (found {facts['input_scale']})")
+        _check_image_preprocessing(main, operations, expected, problems, facts)
+    else:
+        if expected.input_name in main.inputs and main.inputs[expected.input_name].dtype != types.int32:
+            problems.append(f"program input {expected.input_name!r} is not int32")
+        # EOT pooling must stay a data-dependent argmax over the token ids; a position frozen
+        # from the export example would embed every caption at one fixed token.
+        facts["argmax_ops"] = sum(op.op_type == "reduce_argmax" for op in operations)
+
+
+_ELEMENTWISE = ("add", "sub", "mul", "real_div")
+
+
+def _consumers(var: Any, operations: list[Any]) -> list[Any]:
+    return [op for op in operations if any(value is var for value in op.inputs.values())]
+
+
+def _per_channel(value: Any, channels: int = 3) -> np.ndarray | None:
+    """A constant operand as [channels] float64 (a scalar broadcasts), or None if not per-channel."""
+    array = np.asarray(value, dtype=np.float64).reshape(-1)
+    if array.size == 1:
+        return np.full(channels, array[0])
+    return array if array.size == channels else None
+
+
+def _input_affine(start: Any, operations: list[Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The per-channel map ``x -> scale * x + shift`` the program applies to ``start``.
+
+    Follows the single-consumer chain of casts and elementwise ops with a constant operand
+    (sub of the mean, mul by 1/std, a bias add, ...) up to the first other op (the first
+    convolution); returns (scale [3], shift [3], the op types followed).
+    """
+    scale, shift = np.ones(3), np.zeros(3)
+    current, chain = start, []
+    while len(consumers := _consumers(current, operations)) == 1:
+        op = consumers[0]
+        if op.op_type == "cast":
+            current = op.outputs[0]
+            continue
+        if op.op_type not in _ELEMENTWISE:
+            break
+        x, y = op.inputs["x"], op.inputs["y"]
+        const_first = y is current
+        operand = x if const_first else y
+        constant = None if operand.val is None else _per_channel(operand.val)
+        if constant is None:
+            break
+        if op.op_type == "add":
+            shift = shift + constant
+        elif op.op_type == "mul":
+            scale, shift = scale * constant, shift * constant
+        elif op.op_type == "sub":
+            # x - c, or c - x when the constant comes first
+            scale, shift = (-scale, constant - shift) if const_first else (scale, shift - constant)
+        elif const_first:  # c / x is no affine map of x
+            break
         else:
-            scaled = scales[0].outputs[0]
-            biases = [op for op in operations if scaled in op.inputs.values() and op.op_type == "add"]
-            if biases:
-                problems.append("image input has a bias after the 1/255 scale; expected bias 0")
-    elif expected.input_name in main.inputs and main.inputs[expected.input_name].dtype != types.int32:
-        problems.append(f"program input {expected.input_name!r} is not int32")
+            scale, shift = scale / constant, shift / constant
+        chain.append(op.op_type)
+        current = op.outputs[0]
+    return scale, shift, chain
+
+
+def _check_image_preprocessing(
+    main: Any, operations: list[Any], expected: CoremlExpectation, problems: list[str], facts: dict[str, Any]
+) -> None:
+    """ImageType scaling (image -> mul(1/255)), then the student's (x - mean) / std, nothing else."""
+    image = main.inputs.get(expected.input_name)
+    scales = [op for op in _consumers(image, operations) if op.op_type == "mul"] if image is not None else []
+    scale = scales[0].inputs["y"].val if len(scales) == 1 else None
+    facts["input_scale"] = None if scale is None else float(np.asarray(scale).reshape(-1)[0])
+    if scale is None or not np.allclose(np.asarray(scale, dtype=np.float64), IMAGE_SCALE, rtol=1e-6):
+        problems.append(f"image input is not scaled by 1/255 (found {facts['input_scale']})")
+        return
+    # Unit mean/std leaves no op at all (coremltools drops x - 0 and x / 1); other values must
+    # appear as ops whose combined effect is exactly the normalisation (to fp16 rounding).
+    mean, std = np.asarray(expected.pixel_mean, np.float64), np.asarray(expected.pixel_std, np.float64)
+    found_scale, found_shift, chain = _input_affine(scales[0].outputs[0], operations)
+    facts["input_normalisation"] = {
+        "ops": chain,
+        "scale": [round(float(v), 6) for v in found_scale],
+        "shift": [round(float(v), 6) for v in found_shift],
+    }
+    if not (
+        np.allclose(found_scale, 1 / std, rtol=1e-3, atol=1e-3) and np.allclose(found_shift, -mean / std, atol=2e-3)
+    ):
+        problems.append(
+            f"pixels after the 1/255 scale go through {chain or 'no ops'} = {found_scale.round(4).tolist()} * x + "
+            f"{found_shift.round(4).tolist()}, expected (x - mean) / std with mean {mean.tolist()}, std {std.tolist()}"
+        )
 
 
 def verify_coreml_spec(path: Path, expected: CoremlExpectation) -> CoremlCheck:

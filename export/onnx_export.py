@@ -32,6 +32,7 @@ from export.coreml_export import (
     TextEncoder,
     encoder_metadata,
 )
+from export.parity import centred_cosines, cosines
 from training.students import StudentClip
 
 EXPORTER_ROUTE = "torch.onnx.export(dynamo=True) (torch.export-based exporter)"
@@ -130,6 +131,7 @@ def export_text_onnx(student: StudentClip, path: Path, *, opset: int) -> OnnxExp
 class OnnxCheck:
     path: Path
     cosine_min: float = float("nan")
+    centred_cosine_min: float = float("nan")  # export.parity: the input-dependent part
     max_abs_diff: float = float("nan")
     samples: int = 0
     problems: list[str] = field(default_factory=list)
@@ -151,7 +153,8 @@ def verify_onnx(
     expected_metadata: dict[str, str] | None = None,
 ) -> OnnxCheck:
     """Run ``path`` in ONNX Runtime (CPU) on ``inputs`` [N, ...], one sample at a time and as
-    a batch, against ``reference`` (PyTorch fp32); per-sample cosine must reach ``min_cosine``.
+    a batch, against ``reference`` (PyTorch fp32); per-sample cosine must reach ``min_cosine``,
+    and so must the batch-centred cosine (``export.parity``) when there are several samples.
 
     Problems are collected, never raised: a file that does not load or run fails the check.
     """
@@ -183,22 +186,23 @@ def verify_onnx(
     if single.shape != expected.shape or (expected_dim is not None and single.shape[1] != expected_dim):
         check.problems.append(f"output shape {single.shape}, expected {expected.shape}")
         return check
-    cosines = [_cosine(a, b) for a, b in zip(single, expected, strict=True)]
-    cosines += [_cosine(a, b) for a, b in zip(batched, expected, strict=True)]
     check.samples = len(expected)
-    check.cosine_min = float(min(cosines))
+    # np.min, not min(): a NaN (a zero or broken embedding) must propagate and fail the check.
+    check.cosine_min = float(np.min(np.concatenate([cosines(expected, single), cosines(expected, batched)])))
     check.max_abs_diff = float(max(np.abs(single - expected).max(), np.abs(batched - expected).max()))
     if not np.isfinite(check.cosine_min) or check.cosine_min < min_cosine:
         check.problems.append(
             f"min cosine vs PyTorch {check.cosine_min:.6f} < {min_cosine} over {len(expected)} samples"
         )
+    if len(expected) > 1:
+        centred = np.min(np.concatenate([centred_cosines(expected, single), centred_cosines(expected, batched)]))
+        check.centred_cosine_min = float(centred)
+        if not np.isfinite(centred) or centred < min_cosine:
+            check.problems.append(
+                f"min batch-centred cosine vs PyTorch {centred:.6f} < {min_cosine}: the file does not "
+                "tell the inputs apart as PyTorch does"
+            )
     return check
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    denominator = np.linalg.norm(a64) * np.linalg.norm(b64)
-    return float(a64 @ b64 / denominator) if denominator > 0 else float("nan")
 
 
 def _file_facts(path: Path) -> tuple[int | None, dict[str, str]]:

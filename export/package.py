@@ -82,6 +82,18 @@ def path_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+FORMATS = {"coreml": "mlpackage", "onnx": "onnx"}  # user-facing name -> PackageFile.format
+
+
+def files_for(formats: Iterable[str] = tuple(FORMATS)) -> tuple[PackageFile, ...]:
+    """The package files of the named formats (``coreml``, ``onnx``), in FILES order."""
+    wanted = set(formats)
+    unknown = wanted - set(FORMATS)
+    if unknown or not wanted:
+        raise ValueError(f"formats must be a non-empty subset of {sorted(FORMATS)}, got {sorted(wanted)}")
+    return tuple(entry for entry in FILES if entry.format in {FORMATS[name] for name in wanted})
+
+
 def _exporter(entry: PackageFile, cfg: CoremlPackageConfig) -> Callable[[StudentClip, Path], Any]:
     if entry.format == "mlpackage":
         export = export_image_encoder if entry.tower == "image" else export_text_encoder
@@ -97,21 +109,25 @@ def _no_progress(items: Iterable[T], desc: str, total: int | None = None) -> Ite
 
 
 def export_package(
-    student: StudentClip, out_dir: Path, cfg: CoremlPackageConfig, progress: Callable[..., Any] = _no_progress
+    student: StudentClip,
+    out_dir: Path,
+    cfg: CoremlPackageConfig,
+    progress: Callable[..., Any] = _no_progress,
+    entries: tuple[PackageFile, ...] = FILES,
 ) -> dict[str, float]:
-    """Write the four files into ``out_dir``; return conversion seconds per file."""
+    """Write ``entries`` (default: all four files) into ``out_dir``; return conversion seconds per file."""
     seconds: dict[str, float] = {}
-    for entry in progress(FILES, "export", len(FILES)):
+    for entry in progress(entries, "export", len(entries)):
         result = _exporter(entry, cfg)(student.eval(), out_dir / entry.file)
         seconds[entry.file] = round(result.seconds, 3)
     return seconds
 
 
 def verify_file(entry: PackageFile, path: Path, student: StudentClip, cfg: CoremlPackageConfig) -> dict[str, Any]:
-    """One manifest row: ``verified``, ``cosine_min`` and the problems found (never raises)."""
+    """One manifest row: ``verified``, ONNX cosines and the problems found (never raises)."""
     problems: list[str] = []
     facts: dict[str, Any] = {}
-    cosine = float("nan")
+    cosine = centred = float("nan")
     if not path.exists():
         problems.append(f"{entry.file} was not written")
     elif entry.format == "mlpackage":
@@ -128,7 +144,7 @@ def verify_file(entry: PackageFile, path: Path, student: StudentClip, cfg: Corem
         problems += onnx_check.problems
         facts.update(onnx_check.facts)
         facts.update({"samples": onnx_check.samples, "max_abs_diff": onnx_check.max_abs_diff})
-        cosine = onnx_check.cosine_min
+        cosine, centred = onnx_check.cosine_min, onnx_check.centred_cosine_min
     return {
         "file": entry.file,
         "format": entry.format,
@@ -136,6 +152,7 @@ def verify_file(entry: PackageFile, path: Path, student: StudentClip, cfg: Corem
         "bytes": path_bytes(path),
         "verified": not problems,
         "cosine_min": cosine,
+        "centred_cosine_min": centred,  # export.parity: the input-dependent part
         "sha256": path_sha256(path) if path.exists() else "",
         "problems": "; ".join(problems),
         "facts": json.dumps(facts, default=str, sort_keys=True),
@@ -143,11 +160,81 @@ def verify_file(entry: PackageFile, path: Path, student: StudentClip, cfg: Corem
 
 
 def verify_package(
-    out_dir: Path, student: StudentClip, cfg: CoremlPackageConfig, progress: Callable[..., Any] = _no_progress
+    out_dir: Path,
+    student: StudentClip,
+    cfg: CoremlPackageConfig,
+    progress: Callable[..., Any] = _no_progress,
+    entries: tuple[PackageFile, ...] = FILES,
 ) -> pd.DataFrame:
-    """Manifest rows for the four files in ``out_dir``, checked against ``student``."""
-    rows = [verify_file(entry, out_dir / entry.file, student, cfg) for entry in progress(FILES, "verify", len(FILES))]
+    """Manifest rows for ``entries`` (default: all four files) in ``out_dir``, checked against ``student``."""
+    rows = [
+        verify_file(entry, out_dir / entry.file, student, cfg) for entry in progress(entries, "verify", len(entries))
+    ]
     return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    manifest: pd.DataFrame  # one row per file (verify_file), plus export_seconds
+    summary: dict[str, Any]
+    metrics: dict[str, float]
+
+
+def package_student(
+    student: StudentClip,
+    out_dir: Path,
+    cfg: CoremlPackageConfig,
+    *,
+    formats: Iterable[str] = tuple(FORMATS),
+    progress: Callable[..., Any] = _no_progress,
+) -> PackageResult:
+    """Export a folded student's files into ``out_dir``, verify each, and summarise.
+
+    The one implementation behind the ``coreml_package`` stage and ``clipforge export``.
+    """
+    entries = files_for(formats)
+    started = time.perf_counter()
+    seconds = export_package(student, out_dir, cfg, progress, entries)
+    export_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    manifest = verify_package(out_dir, student, cfg, progress, entries)
+    verify_seconds = time.perf_counter() - started
+    manifest["export_seconds"] = manifest["file"].map(seconds)
+
+    failed = manifest.loc[~manifest["verified"], ["file", "problems"]]
+    onnx_rows = manifest[manifest["format"] == "onnx"].set_index("tower")
+    summary = {
+        "variant": student.info.variant,
+        "exported": [entry.file for entry in entries],
+        "interface": interface(student),
+        "coreml": {
+            "route": "torch.export.export(...).run_decompositions({}) -> coremltools.convert (mlprogram)",
+            "precision": cfg.precision,
+            "minimum_deployment_target": cfg.minimum_deployment_target,
+            "checked": "spec (names, types, shapes, version), MIL program (1/255 input scale, the "
+            "student's mean/std, weight precision), metadata, stored weights vs PyTorch; predictions "
+            "cannot run on Linux",
+        },
+        "onnx": {
+            "route": EXPORTER_ROUTE,
+            "opset": cfg.onnx_opset,
+            "min_cosine_required": cfg.onnx_min_cosine,
+            "cosine_min": {tower: float(value) for tower, value in onnx_rows["cosine_min"].items()},
+            "centred_cosine_min": {tower: float(value) for tower, value in onnx_rows["centred_cosine_min"].items()},
+        },
+        "export_seconds": seconds,
+        "verify_seconds": round(verify_seconds, 3),
+        "verified_all": bool(manifest["verified"].all()),
+        "failed": {row.file: row.problems for row in failed.itertuples()},
+    }
+    metrics = {
+        "export_seconds": export_seconds,
+        "verify_seconds": verify_seconds,
+        "verified_files": float(manifest["verified"].sum()),
+        **{f"onnx_cosine_min_{tower}": float(value) for tower, value in onnx_rows["cosine_min"].items()},
+        **{f"bytes_{row.file}": float(row.bytes) for row in manifest.itertuples()},
+    }
+    return PackageResult(manifest=manifest, summary=summary, metrics=metrics)
 
 
 def load_folded_student(folder: Path) -> StudentClip:
@@ -182,48 +269,9 @@ def interface(student: StudentClip) -> dict[str, Any]:
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    cfg = ctx.params.coreml_package
     source = ctx.inputs["reparameterized_model"] / "model"
     student = load_folded_student(source)
-
-    started = time.perf_counter()
-    seconds = export_package(student, ctx.out_dir, cfg, ctx.progress)
-    export_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    manifest = verify_package(ctx.out_dir, student, cfg, ctx.progress)
-    verify_seconds = time.perf_counter() - started
-    manifest["export_seconds"] = manifest["file"].map(seconds)
-
-    failed = manifest.loc[~manifest["verified"], ["file", "problems"]]
-    onnx_rows = manifest[manifest["format"] == "onnx"].set_index("tower")["cosine_min"]
-    summary = {
-        "variant": student.info.variant,
-        "exported": [entry.file for entry in FILES],
-        "interface": interface(student),
-        "coreml": {
-            "route": "torch.export.export(...).run_decompositions({}) -> coremltools.convert (mlprogram)",
-            "precision": cfg.precision,
-            "minimum_deployment_target": cfg.minimum_deployment_target,
-            "checked": "spec (names, types, shapes, version), MIL program (1/255 input scale, weight "
-            "precision), metadata, stored weights vs PyTorch; predictions cannot run on Linux",
-        },
-        "onnx": {
-            "route": EXPORTER_ROUTE,
-            "opset": cfg.onnx_opset,
-            "min_cosine_required": cfg.onnx_min_cosine,
-            "cosine_min": {tower: float(value) for tower, value in onnx_rows.items()},
-        },
-        "export_seconds": seconds,
-        "verify_seconds": round(verify_seconds, 3),
-        "verified_all": bool(manifest["verified"].all()),
-        "failed": {row.file: row.problems for row in failed.itertuples()},
-        "source": str(source),
-    }
-    metrics = {
-        "export_seconds": export_seconds,
-        "verify_seconds": verify_seconds,
-        "verified_files": float(manifest["verified"].sum()),
-        **{f"onnx_cosine_min_{tower}": float(value) for tower, value in onnx_rows.items()},
-        **{f"bytes_{row.file}": float(row.bytes) for row in manifest.itertuples()},
-    }
-    return StageOutcome(manifest=manifest, summary=summary, metrics=metrics)
+    result = package_student(student, ctx.out_dir, ctx.params.coreml_package, progress=ctx.progress)
+    return StageOutcome(
+        manifest=result.manifest, summary={**result.summary, "source": str(source)}, metrics=result.metrics
+    )

@@ -18,12 +18,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 from timm.utils import reparameterize_model
 from torch import nn
 
 from clipforge.stage_api import StageContext, StageOutcome
+from export.parity import centred_cosines
 from training.students import StudentClip, load_student, save_student
 
 FOLD_HOOKS = ("fuse", "reparameterize", "switch_to_deploy")
@@ -64,9 +66,26 @@ def fold_state(module: nn.Module) -> str | None:
     return "unknown"
 
 
+def _holds_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(sub, nn.modules.batchnorm._BatchNorm) for sub in module.modules())
+
+
 def pending_folds(model: nn.Module) -> list[str]:
-    """Qualified names of blocks that still carry train-time branches (known markers only)."""
-    return [name for name, module in model.named_modules() if fold_state(module) == "unfolded"]
+    """Qualified names of foldable blocks that still carry train-time branches.
+
+    A foldable block is one with a fold hook: timm's MobileOneBlock, ReparamLargeKernelConv,
+    RepMixer and RepConditionalPosEnc, clipforge's TextRepMixer and ConvFFN (the two halves of
+    a TextRepMixerBlock). It is pending when its marker says unfolded, or when it still holds
+    a BatchNorm: folding removes every BatchNorm inside such a block, so a leftover one means
+    a partial fold (or, for a block without a readable marker, no fold at all). Plain conv +
+    BatchNorm pairs outside these blocks (timm's ConvMlp, the ViT conv stem) are single-branch
+    and not reported.
+    """
+    return [
+        name or "<root>"
+        for name, module in model.named_modules()
+        if (state := fold_state(module)) == "unfolded" or (state is not None and _holds_batchnorm(module))
+    ]
 
 
 def _modules_in_train_mode(model: nn.Module) -> list[str]:
@@ -118,9 +137,18 @@ def tower_of(module_name: str) -> str:
     return "image" if "visual" in module_name.split(".") else "text"
 
 
-def check_inputs(model: StudentClip, num_images: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random pixels [N, 3, S, S] in [0, 1] and tokenised CHECK_CAPTIONS [C, context_length]."""
-    size = model.info.image_size
+TOWERS = ("image", "text")
+
+
+def check_inputs(
+    model: StudentClip, num_images: int = 4, seed: int = 0, image_size: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random pixels [N, 3, S, S] in [0, 1] and tokenised CHECK_CAPTIONS [C, context_length].
+
+    ``image_size`` defaults to the student's; the fully convolutional MCi towers also take a
+    smaller one, which keeps checks of the large variants cheap.
+    """
+    size = image_size or model.info.image_size
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.rand(num_images, 3, size, size, generator=generator)
     tokens = model.tokenizer()(list(CHECK_CAPTIONS))
@@ -138,62 +166,117 @@ def max_abs_diff(reference: dict[str, torch.Tensor], other: dict[str, torch.Tens
     return {tower: float((reference[tower] - other[tower]).abs().max()) for tower in reference}
 
 
+@dataclass(frozen=True)
+class FoldReport:
+    """What folding a student did, per tower, and how far its embeddings moved."""
+
+    blocks: tuple[FoldedModule, ...]
+    max_abs_diff: dict[str, float]  # tower -> max |folded - unfolded| over the check inputs
+    # tower -> min batch-centred cosine (export.parity): the input-dependent part matches too.
+    # Needed beside max_abs_diff: a random MCi tower embeds all images within ~1e-4 of each other.
+    centred_cosine_min: dict[str, float]
+    seconds: float  # the fold alone (copy + walk), not the comparison
+
+    def folded_by_tower(self) -> dict[str, int]:
+        counts = Counter(tower_of(block.name) for block in self.blocks)
+        return {tower: int(counts.get(tower, 0)) for tower in TOWERS}
+
+    def folded_by_type(self) -> dict[str, int]:
+        return dict(Counter(block.type_name for block in self.blocks))
+
+    def notes(self) -> dict[str, str]:
+        """Per tower, one line: what was folded, or that the tower passes through unchanged."""
+        notes = {}
+        for tower, count in self.folded_by_tower().items():
+            types = Counter(block.type_name for block in self.blocks if tower_of(block.name) == tower)
+            notes[tower] = (
+                f"folded {count} train-time blocks ({', '.join(f'{n} {t}' for t, n in sorted(types.items()))})"
+                if count
+                else "nothing to fold: passes through unchanged"
+            )
+        return notes
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "folded_modules": len(self.blocks),
+            "folded_by_tower": self.folded_by_tower(),
+            "folded_by_type": self.folded_by_type(),
+            "notes": self.notes(),
+            "max_abs_diff": self.max_abs_diff,
+            "centred_cosine_min": self.centred_cosine_min,
+            "fold_seconds": round(self.seconds, 3),
+        }
+
+
+def fold_student(model: StudentClip, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[StudentClip, FoldReport]:
+    """Fold a copy of an eval-mode student and compare its embeddings with the original's.
+
+    ``pixels`` [N, 3, S, S] in [0, 1] and ``tokens`` [C, context_length] are the check inputs
+    (``check_inputs``). The original is left as it was. Raises ValueError in train mode and
+    RuntimeError when a block keeps its branches; the caller judges the two metrics.
+    """
+    started = time.perf_counter()
+    folded, blocks = fold_with_report(model)
+    seconds = time.perf_counter() - started
+    reference, result = embed(model, pixels, tokens), embed(folded, pixels, tokens)
+    centred = {
+        tower: float(np.min(centred_cosines(reference[tower].numpy(), result[tower].numpy()))) for tower in reference
+    }
+    return folded, FoldReport(tuple(blocks), max_abs_diff(reference, result), centred, seconds)
+
+
 def run(ctx: StageContext) -> StageOutcome:
     atol = ctx.params.reparameterized_model.atol
     source = ctx.inputs["student_model"] / "model"
     model = load_student(source).eval()
 
-    started = time.perf_counter()
-    folded, blocks = fold_with_report(model)
-    fold_seconds = time.perf_counter() - started
+    pixels, tokens = check_inputs(model)
+    folded, report = fold_student(model, pixels, tokens)
 
     out_model = ctx.out_dir / "model"
     save_student(folded, out_model, reparameterized=True)
     # The published folder must reload into the folded structure with the same outputs.
     reloaded = load_student(out_model)
+    diff_reloaded = max_abs_diff(embed(model, pixels, tokens), embed(reloaded, pixels, tokens))
 
-    pixels, tokens = check_inputs(model)
-    reference = embed(model, pixels, tokens)
-    diff_folded = max_abs_diff(reference, embed(folded, pixels, tokens))
-    diff_reloaded = max_abs_diff(reference, embed(reloaded, pixels, tokens))
-
-    per_tower = Counter(tower_of(block.name) for block in blocks)
+    per_tower = report.folded_by_tower()
     rows = [
         {
             "tower": tower,
-            "folded_modules": int(per_tower.get(tower, 0)),
-            "max_abs_diff": max(diff_folded[tower], diff_reloaded[tower]),
-            "folded_vs_unfolded": diff_folded[tower],
+            "folded_modules": per_tower[tower],
+            "max_abs_diff": max(report.max_abs_diff[tower], diff_reloaded[tower]),
+            "folded_vs_unfolded": report.max_abs_diff[tower],
             "reloaded_vs_unfolded": diff_reloaded[tower],
+            "centred_cosine_min": report.centred_cosine_min[tower],
         }
-        for tower in ("image", "text")
+        for tower in TOWERS
     ]
-    type_counts = dict(Counter(block.type_name for block in blocks))
     params_before = sum(p.numel() for p in model.parameters())
     params_after = sum(p.numel() for p in reloaded.parameters())
     summary = {
         "variant": model.info.variant,
-        "pass_through": not blocks,
+        "pass_through": not report.blocks,
         "note": (
             "no train-time branches: the model passes through unchanged"
-            if not blocks
-            else f"folded {len(blocks)} train-time blocks"
+            if not report.blocks
+            else f"folded {len(report.blocks)} train-time blocks"
         ),
-        "folded_by_type": type_counts,
-        "folded_by_tower": {tower: int(per_tower.get(tower, 0)) for tower in ("image", "text")},
+        "notes_by_tower": report.notes(),
+        "folded_by_type": report.folded_by_type(),
+        "folded_by_tower": per_tower,
         "atol": atol,
         "max_abs_diff": {row["tower"]: row["max_abs_diff"] for row in rows},
         "within_atol": all(row["max_abs_diff"] <= atol for row in rows),
         "params_before": params_before,
         "params_after": params_after,
         "check_inputs": {"images": int(pixels.shape[0]), "captions": len(CHECK_CAPTIONS)},
-        "fold_seconds": round(fold_seconds, 3),
+        "fold_seconds": round(report.seconds, 3),
         "source": str(source),
     }
     metrics = {
-        "folded_modules": float(len(blocks)),
+        "folded_modules": float(len(report.blocks)),
         "max_abs_diff_image": rows[0]["max_abs_diff"],
         "max_abs_diff_text": rows[1]["max_abs_diff"],
-        "fold_seconds": fold_seconds,
+        "fold_seconds": report.seconds,
     }
     return StageOutcome(manifest=pd.DataFrame(rows), summary=summary, metrics=metrics)

@@ -16,29 +16,12 @@ from torch import nn
 from clipforge.config import load_params
 from clipforge.stage_api import StageContext
 from export.reparameterize import fold_state, pending_folds, reparameterize, run
+from tests.fold_helpers import randomise_branches
 from training import students
 from training.students import StudentClip, StudentInfo, build_student, load_student, save_student
 
 REPO = Path(__file__).resolve().parents[2]
 FASTVIT_VARIANT = "test-fastvit-mci0"
-
-
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm non-trivial running stats and affine terms.
-
-    Fresh BatchNorms (mean 0, var 1, weight 1, bias 0) are nearly identities, so a fold that
-    ignored them would still "match"; random statistics make a wrong fold visible.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                shape = module.running_mean.shape
-                module.running_mean.copy_(torch.randn(shape, generator=generator) * 0.2)
-                module.running_var.copy_(torch.rand(shape, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(shape, generator=generator) + 0.5)
-                module.bias.copy_(torch.randn(shape, generator=generator) * 0.1)
-    return model
 
 
 def fastvit_student() -> StudentClip:
@@ -64,7 +47,7 @@ def fastvit_student() -> StudentClip:
         std=tuple(open_clip.OPENAI_DATASET_STD),
         tokenizer="cf-tiny-vit-student",
     )
-    return StudentClip(randomize_batchnorm(clip), info)
+    return StudentClip(randomise_branches(clip), info)
 
 
 @pytest.fixture
@@ -100,7 +83,7 @@ def test_model_without_branches_passes_through_unchanged() -> None:
 
 def test_fastvit_mci0_folds_within_tolerance() -> None:
     torch.manual_seed(0)
-    model = randomize_batchnorm(timm.create_model("fastvit_mci0", pretrained=False, num_classes=0)).eval()
+    model = randomise_branches(timm.create_model("fastvit_mci0", pretrained=False, num_classes=0)).eval()
     pixels = torch.rand(1, 3, 64, 64)
     before_params = sum(p.numel() for p in model.parameters())
     folded, counts = reparameterize(model)

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from timm.utils import reparameterize_model
 from torch import nn
 
+from tests.fold_helpers import randomise_branches
 from training.mobileclip import (
     ConvFFN,
     MobileClip,
@@ -37,29 +38,6 @@ def _tokens(batch: int, length: int = 77, eot_at: int = 12, seed: int = 0) -> to
     tokens[:, eot_at] = EOT
     tokens[:, eot_at + 1 :] = 0
     return tokens
-
-
-@torch.no_grad()
-def _randomise(model: nn.Module, seed: int = 0) -> None:
-    """Give BatchNorms non-trivial statistics and layer scales O(1) values.
-
-    At initialisation layer scales are 1e-5 and BatchNorms are identities, so a wrong fold
-    would still match to 1e-4; after this every branch changes the output.
-    """
-    generator = torch.Generator().manual_seed(seed)
-
-    def draw(tensor: torch.Tensor, low: float, high: float) -> None:
-        tensor.copy_(torch.rand(tensor.shape, generator=generator) * (high - low) + low)
-
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            draw(module.running_mean, -0.2, 0.2)
-            draw(module.running_var, 0.5, 2.0)
-            draw(module.weight, 0.5, 1.5)
-            draw(module.bias, -0.2, 0.2)
-    for name, param in model.named_parameters():
-        if "gamma" in name or "layer_scale" in name:
-            draw(param, 0.2, 1.0)
 
 
 def _fold_copy(model: nn.Module) -> nn.Module:
@@ -190,7 +168,7 @@ def test_nano_has_every_foldable_block_type() -> None:
 def test_nano_fold_matches_unfolded() -> None:
     torch.manual_seed(0)
     model = build_mobileclip("nano")
-    _randomise(model)
+    randomise_branches(model)
     model.eval()
     pixels, tokens = torch.rand(4, 3, 64, 64), _tokens(4)
     # The Text-RepMixer branches must matter, or the tolerance below proves nothing.
@@ -214,7 +192,7 @@ def test_nano_fold_matches_unfolded() -> None:
 def test_s0_text_tower_folds() -> None:
     torch.manual_seed(0)
     text = build_text_tower(variant_config("S0"))
-    _randomise(text)
+    randomise_branches(text)
     text.eval()
     tokens = torch.cat([_tokens(1, eot_at=5, seed=1), _tokens(1, eot_at=40, seed=2)])
     folded = _fold_copy(text)
@@ -229,7 +207,7 @@ def test_s0_text_tower_folds() -> None:
 def test_s0_image_tower_folds_on_small_input() -> None:
     torch.manual_seed(0)
     image = build_image_tower(variant_config("S0"))
-    _randomise(image)
+    randomise_branches(image)
     image.eval()
     pixels = torch.rand(2, 3, 64, 64)  # MCi is fully convolutional up to its pooled head
     folded = _fold_copy(image)
@@ -243,8 +221,8 @@ def test_s0_image_tower_folds_on_small_input() -> None:
 def test_text_repmixer_fold_is_exact_and_refuses_train_mode() -> None:
     torch.manual_seed(0)
     mixer, ffn = TextRepMixer(16, 11), ConvFFN(16, 11)
-    _randomise(mixer)
-    _randomise(ffn)
+    randomise_branches(mixer)
+    randomise_branches(ffn)
     x = torch.randn(3, 16, 1, 20)  # [B, D, 1, L]
     with pytest.raises(RuntimeError, match="eval mode"):
         mixer.reparameterize()
