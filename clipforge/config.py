@@ -169,6 +169,9 @@ class StudentModelConfig(_Section):
 
 class ReparameterizedModelConfig(_Section):
     atol: float = 1e-4
+    # export.parity: a random MCi tower embeds every image within ~1e-4 of the others, so a
+    # wrong fold can pass `atol`; the batch-centred cosine keeps the input-dependent part honest.
+    min_centred_cosine: float = Field(0.9999, ge=-1, le=1)
 
 
 class CoremlPackageConfig(_Section):

@@ -267,7 +267,7 @@ def suite_for(stage: str, params: Params) -> Suite:
             ),
         ),
         "reparameterized_model": lambda: Suite(
-            required=("tower", "folded_modules", "max_abs_diff"),
+            required=("tower", "folded_modules", "max_abs_diff", "centred_cosine_min"),
             unique=(("tower",),),
             rules=(
                 in_set("tower", ["image", "text"]),
@@ -278,12 +278,21 @@ def suite_for(stage: str, params: Params) -> Suite:
                     params.reparameterized_model.atol,
                     statement=f"0 <= max_abs_diff <= {params.reparameterized_model.atol:g} (reparameterized_model.atol)",
                 ),
+                between(
+                    "centred_cosine_min",
+                    params.reparameterized_model.min_centred_cosine,
+                    None,
+                    statement=(
+                        f"centred_cosine_min >= {params.reparameterized_model.min_centred_cosine:g}"
+                        " (reparameterized_model.min_centred_cosine)"
+                    ),
+                ),
             ),
         ),
         "coreml_package": lambda: Suite(
-            required=("file", "format", "tower", "bytes", "verified", "cosine_min"),
+            required=("file", "format", "tower", "bytes", "verified", "cosine_min", "centred_cosine_min"),
             # NaN for mlpackage rows: Core ML cannot run on Linux, so there is no cosine.
-            nullable=frozenset({"cosine_min"}),
+            nullable=frozenset({"cosine_min", "centred_cosine_min"}),
             unique=(("file",),),
             rules=(
                 in_set("format", ["mlpackage", "onnx"]),
@@ -295,6 +304,15 @@ def suite_for(stage: str, params: Params) -> Suite:
                     params.coreml_package.onnx_min_cosine,
                     None,
                     statement=f"cosine_min >= {params.coreml_package.onnx_min_cosine:g} (coreml_package.onnx_min_cosine)",
+                ),
+                between(
+                    "centred_cosine_min",
+                    params.coreml_package.onnx_min_cosine,
+                    None,
+                    statement=(
+                        f"centred_cosine_min >= {params.coreml_package.onnx_min_cosine:g}"
+                        " (coreml_package.onnx_min_cosine)"
+                    ),
                 ),
             ),
         ),

@@ -103,7 +103,12 @@ def good_manifest(stage: str, params: Params) -> pd.DataFrame:
             }
         ),
         "reparameterized_model": lambda: pd.DataFrame(
-            {"tower": ["image", "text"], "folded_modules": [12, 0], "max_abs_diff": [3e-6, 0.0]}
+            {
+                "tower": ["image", "text"],
+                "folded_modules": [12, 0],
+                "max_abs_diff": [3e-6, 0.0],
+                "centred_cosine_min": [0.999998, 1.0],
+            }
         ),
         "coreml_package": lambda: pd.DataFrame(
             {
@@ -119,6 +124,7 @@ def good_manifest(stage: str, params: Params) -> pd.DataFrame:
                 "verified": [True, True, True, True],
                 # Core ML cannot run on Linux: no cosine for the mlpackage rows.
                 "cosine_min": [np.nan, np.nan, 0.99999, 1.0],
+                "centred_cosine_min": [np.nan, np.nan, 0.99995, 1.0],
             }
         ),
         "evaluation": lambda: pd.DataFrame(
@@ -276,10 +282,22 @@ DEFECTS: list[tuple[str, str, Callable[[pd.DataFrame], pd.DataFrame], str]] = [
         "break the rule '0 <= max_abs_diff <= 0.0001 (reparameterized_model.atol)' (e.g. 0.01)",
     ),
     (
+        "reparameterized_model",
+        "fold keeps magnitudes but loses the input-dependent part",
+        _set("centred_cosine_min", 0, 0.9),
+        "break the rule 'centred_cosine_min >= 0.9999 (reparameterized_model.min_centred_cosine)' (e.g. 0.9)",
+    ),
+    (
         "coreml_package",
         "low ONNX cosine",
         _set("cosine_min", 2, 0.98),
         "break the rule 'cosine_min >= 0.9999 (coreml_package.onnx_min_cosine)' (e.g. 0.98)",
+    ),
+    (
+        "coreml_package",
+        "low ONNX batch-centred cosine",
+        _set("centred_cosine_min", 3, 0.5),
+        "break the rule 'centred_cosine_min >= 0.9999 (coreml_package.onnx_min_cosine)' (e.g. 0.5)",
     ),
     ("coreml_package", "unverified file", _set("verified", 3, False), "break the rule 'verified is True on every row'"),
     ("evaluation", "metric above 1", _set("value", 0, 1.2), "column 'value': 1 of 3 values (33.3%) break the rule"),
