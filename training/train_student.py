@@ -103,15 +103,30 @@ def _seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG the trainer touches, for the checkpoint (exact resume restores these)."""
+    """Every RNG the trainer touches, for the checkpoint (exact resume restores these).
+
+    Only tuples, ints, floats, strings and tensors, so ``torch.load(weights_only=True)`` reads
+    the checkpoint: numpy's MT19937 key (624 uint32) is stored as an int64 tensor.
+    """
+    kind, key, position, has_gauss, cached_gauss = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(position), int(has_gauss), float(cached_gauss)),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    random.setstate(state["python"])
+    kind, key, position, has_gauss, cached_gauss = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def train_student(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from pipelines.quality import run_gate
 from training.augment import sample_aug_params
 from training.dr_format import DRMeta, DRSample, write_shard
 from training.students import build_student, load_student
-from training.train_student import param_groups, run, save_outputs, train_student
+from training.train_student import param_groups, restore_rng_state, rng_state, run, save_outputs, train_student
 
 DIMS = [8, 12]  # two stand-in teachers
 SCALES = [100.0, 50.0]
@@ -153,7 +154,8 @@ def test_stage_run_writes_every_artifact(dr_folder: Path, tmp_path: Path) -> Non
     assert {"loss", "loss_clip", "loss_distill", "lr", "logit_scale"} <= set(history.columns)
     assert np.isfinite(history["loss"]).all()
 
-    checkpoint = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    # weights_only: a checkpoint must load without unpickling arbitrary objects.
+    checkpoint = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert checkpoint["step"] == 3
     assert {"model", "optimizer", "rng", "epoch", "batch_in_epoch"} <= set(checkpoint)
     assert {"python", "numpy", "torch"} <= set(checkpoint["rng"])
@@ -255,3 +257,23 @@ def test_too_small_dataset_is_a_clear_error() -> None:
     cfg = StudentModelConfig(steps=1, batch_size=4)
     with pytest.raises(ValueError, match="at least 2"):
         train_student(build_student("tiny-vit"), FixedBatch(1), cfg, DIMS, SCALES)
+
+
+def test_rng_state_round_trips_through_a_weights_only_load(tmp_path: Path) -> None:
+    """Exact resume needs every RNG back, read by the safe loader."""
+    random.seed(1)
+    np.random.seed(2)
+    np.random.standard_normal()  # leaves a cached Gaussian in numpy's state
+    torch.manual_seed(3)
+    torch.save({"rng": rng_state()}, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.standard_normal(3), np.random.random(), torch.rand(3))
+
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    again = (random.random(), np.random.standard_normal(3), np.random.random(), torch.rand(3))
+    assert again[0] == expected[0]
+    np.testing.assert_array_equal(again[1], expected[1])
+    assert again[2] == expected[2]
+    assert torch.equal(again[3], expected[3])
