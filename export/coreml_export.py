@@ -74,9 +74,13 @@ def example_tokens(student: StudentClip) -> torch.Tensor:
 
 
 def weights_fingerprint(module: nn.Module) -> str:
-    """sha256 over the state dict (sorted names, dtypes, shapes, bytes): ties a file to weights."""
+    """sha256 over the state dict (sorted names, dtypes, shapes, bytes): ties a file to weights.
+
+    Non-persistent buffers count too: the pixel mean/std live there and are baked into the graph.
+    """
+    tensors = {**module.state_dict(), **dict(module.named_buffers())}
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(tensors.items()):
         array = tensor.detach().cpu().contiguous().numpy()
         digest.update(f"{name}|{array.dtype}|{array.shape}|".encode())
         digest.update(array.tobytes())

@@ -22,6 +22,7 @@ from export.coreml_export import (
     expected_text_spec,
     verify_coreml_spec,
     verify_coreml_weights,
+    weights_fingerprint,
 )
 from export.onnx_export import VERIFY_CAPTIONS, verify_image_onnx, verify_text_onnx
 from export.package import FILES, run, verify_package
@@ -192,3 +193,12 @@ def test_an_unfolded_student_is_refused(tmp_path: Path, packaged: Packaged) -> N
     )
     with pytest.raises(ValueError, match="reparameterized"):
         run(ctx)
+
+
+def test_weights_fingerprint_covers_the_pixel_normalisation() -> None:
+    """Mean/std are non-persistent buffers baked into the image graph: they must change the hash."""
+    student = _student(0)
+    before = weights_fingerprint(student)
+    assert weights_fingerprint(_student(0)) == before
+    student.pixel_std.mul_(2)
+    assert weights_fingerprint(student) != before
