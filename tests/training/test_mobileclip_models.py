@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from timm.utils import reparameterize_model
 from torch import nn
 
+from export.reparameterize import pending_folds
 from tests.fold_helpers import randomise_branches
 from training.mobileclip import (
     ConvFFN,
@@ -47,18 +48,6 @@ def _fold_copy(model: nn.Module) -> nn.Module:
         if callable(getattr(module, "reparameterize", None)):
             module.reparameterize()
     return folded
-
-
-def _unfolded_leftovers(model: nn.Module) -> list[str]:
-    """Foldable modules that still hold train-time branches (BatchNorms, no folded conv)."""
-    left = []
-    for name, module in model.named_modules():
-        if not callable(getattr(module, "reparameterize", None)):
-            continue
-        has_bn = any(isinstance(sub, nn.BatchNorm2d) for sub in module.modules())
-        if getattr(module, "reparam_conv", None) is None or has_bn:
-            left.append(name)
-    return left
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -177,7 +166,7 @@ def test_nano_fold_matches_unfolded() -> None:
     with torch.no_grad():
         assert float((block(probe) - probe).abs().max()) > 0.05
     folded = _fold_copy(model)
-    assert _unfolded_leftovers(folded) == []
+    assert pending_folds(folded) == []
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.text.modules())
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.text.modules())  # the original is untouched
     with torch.no_grad():
@@ -185,7 +174,7 @@ def test_nano_fold_matches_unfolded() -> None:
         assert _max_diff(model.encode_text(tokens), folded.encode_text(tokens)) <= 1e-4
     # timm's walk (the one export.reparameterize and load_student use) folds it the same way.
     walked = reparameterize_model(model)
-    assert _unfolded_leftovers(walked) == []
+    assert pending_folds(walked) == []
     assert walked.state_dict().keys() == folded.state_dict().keys()
 
 
@@ -196,7 +185,7 @@ def test_s0_text_tower_folds() -> None:
     text.eval()
     tokens = torch.cat([_tokens(1, eot_at=5, seed=1), _tokens(1, eot_at=40, seed=2)])
     folded = _fold_copy(text)
-    assert _unfolded_leftovers(folded) == []
+    assert pending_folds(folded) == []
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     with torch.no_grad():
         reference, result = text(tokens), folded(tokens)
@@ -211,7 +200,7 @@ def test_s0_image_tower_folds_on_small_input() -> None:
     image.eval()
     pixels = torch.rand(2, 3, 64, 64)  # MCi is fully convolutional up to its pooled head
     folded = _fold_copy(image)
-    assert _unfolded_leftovers(folded) == []
+    assert pending_folds(folded) == []
     with torch.no_grad():
         reference, result = image(pixels), folded(pixels)
     assert reference.shape == (2, 512)
