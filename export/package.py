@@ -10,7 +10,6 @@ quality gate stops the chain with the reason; conversion errors raise.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from clipforge.config import CoremlPackageConfig
+from clipforge.files import path_bytes, path_sha256
 from clipforge.stage_api import StageContext, StageOutcome
 from export.coreml_export import (
     IMAGE_INPUT,
@@ -61,25 +61,6 @@ FILES = (
     PackageFile("image_encoder.onnx", "onnx", "image"),
     PackageFile("text_encoder.onnx", "onnx", "text"),
 )
-
-
-def path_bytes(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size if path.is_file() else 0
-
-
-def path_sha256(path: Path) -> str:
-    """sha256 of a file, or of a folder's files (relative paths and contents, sorted)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        with file.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 FORMATS = {"coreml": "mlpackage", "onnx": "onnx"}  # user-facing name -> PackageFile.format

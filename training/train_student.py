@@ -12,7 +12,6 @@ checkpoint's (epoch, batch) position is enough to resume the data stream.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 import time
@@ -28,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
 from clipforge.config import StudentModelConfig
+from clipforge.files import path_sha256
 from clipforge.stage_api import NullTracker, StageContext, StageOutcome, Tracker
 from training.losses import mobileclip_loss
 from training.mobileclip.checkpoints import load_pretrained_student
@@ -280,21 +280,13 @@ def save_loss_curve(history: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def artifact_manifest(out_dir: Path, final_loss: float) -> pd.DataFrame:
     """One row per file the stage wrote: artifact (relative path), bytes, sha256, final_loss."""
     rows = [
         {
             "artifact": path.relative_to(out_dir).as_posix(),
             "bytes": path.stat().st_size,
-            "sha256": _sha256(path),
+            "sha256": path_sha256(path),
             "final_loss": final_loss,
         }
         for path in sorted(out_dir.rglob("*"))
@@ -398,6 +390,12 @@ def run(ctx: StageContext) -> StageOutcome:
         "first_loss": float(result.history["loss"].iloc[0]),
         "final_loss": result.final_loss,
         "final_logit_scale": float(result.history["logit_scale"].iloc[-1]),
+        # DVC sees init_checkpoint as a path string; the content hash is the lineage.
+        "init_checkpoint": (
+            None
+            if cfg.init_checkpoint is None
+            else {"path": cfg.init_checkpoint, "sha256": path_sha256(Path(cfg.init_checkpoint))}
+        ),
     }
     return StageOutcome(
         manifest=artifact_manifest(ctx.out_dir, result.final_loss),

@@ -42,7 +42,7 @@ def _tokens(batch: int, length: int = 77, eot_at: int = 12, seed: int = 0) -> to
 
 
 def _fold_copy(model: nn.Module) -> nn.Module:
-    """What the project's folding does: on an eval-mode copy, call every reparameterize()."""
+    """An independent fold to check against: on an eval-mode copy, call every reparameterize()."""
     folded = copy.deepcopy(model).eval()
     for module in list(folded.modules()):
         if callable(getattr(module, "reparameterize", None)):

@@ -17,11 +17,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from clipforge.config import Params, StudentModelConfig
+from clipforge.files import path_sha256
 from clipforge.stage_api import NullTracker, StageContext
 from pipelines.quality import run_gate
 from training.augment import sample_aug_params
 from training.dr_format import DRMeta, DRSample, write_shard
-from training.students import build_student, load_student
+from training.students import build_student, load_student, save_student
 from training.train_student import param_groups, restore_rng_state, rng_state, run, save_outputs, train_student
 
 DIMS = [8, 12]  # two stand-in teachers
@@ -138,6 +139,7 @@ def test_stage_run_writes_every_artifact(dr_folder: Path, tmp_path: Path) -> Non
     )
     outcome = run(ctx)
     assert torch.get_num_threads() == threads  # the stage leaves the thread count alone
+    assert outcome.summary["init_checkpoint"] is None
 
     for rel in (
         "model/student.json",
@@ -277,3 +279,23 @@ def test_rng_state_round_trips_through_a_weights_only_load(tmp_path: Path) -> No
     np.testing.assert_array_equal(again[1], expected[1])
     assert again[2] == expected[2]
     assert torch.equal(again[3], expected[3])
+
+
+def test_stage_records_the_init_checkpoint_content_hash(dr_folder: Path, tmp_path: Path) -> None:
+    """DVC tracks init_checkpoint as a path; the summary ties the run to the file's bytes."""
+    start = tmp_path / "start"
+    save_student(build_student(StudentModelConfig().model).eval(), start)
+    cfg = StudentModelConfig(steps=1, batch_size=8, warmup_steps=1, init_checkpoint=str(start))
+    out = tmp_path / "student_model"
+    out.mkdir()
+    ctx = StageContext(
+        name="student_model",
+        params=Params(student_model=cfg),
+        inputs={"reinforced_dataset": dr_folder},
+        out_dir=out,
+        tracker=NullTracker(),
+        show_progress=False,
+    )
+    recorded = run(ctx).summary["init_checkpoint"]
+    assert recorded == {"path": str(start), "sha256": path_sha256(start)}
+    assert len(recorded["sha256"]) == 64
