@@ -45,7 +45,7 @@ from torch import nn
 from clipforge.config import BootstrapTrainConfig, OpenClipSpec
 from clipforge.stage_api import StageContext, StageOutcome, Tracker
 from training import coca_sampling
-from training.clip_models import LoadedClip, load_model, model_config, save_ensemble_index, save_model
+from training.clip_models import LoadedClip, fresh_model, load_model, model_config, save_ensemble_index, save_model
 from training.schedules import cosine_lr, set_lr
 from training.tar_shards import iter_tar_samples
 
@@ -314,7 +314,7 @@ def train_clip(
     """Train an open_clip CLIP from scratch with ``ClipLoss``."""
     _check_image_size(model_name, cfg)
     torch.manual_seed(cfg.seed)
-    model = open_clip.create_model(model_name)
+    model = fresh_model(model_name)
     tokens = _tokenize(model_name, corpus.captions)
     loss_fn = ClipLoss()
 
@@ -385,7 +385,7 @@ def train_coca(
     """Train an open_clip CoCa from scratch with ``CoCaLoss`` (caption + contrastive terms)."""
     _check_image_size(model_name, cfg)
     torch.manual_seed(cfg.seed)
-    model = open_clip.create_model(model_name)
+    model = fresh_model(model_name)
     coca_sampling.check_coca(model)
     tokens = _tokenize(model_name, corpus.captions)
     projection = model.text_decoder.text_projection

@@ -11,6 +11,7 @@ checkpoint the pipeline bootstrapped.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,26 @@ CONFIG_SUBDIR = "open_clip_config"
 
 # clipforge's own small open_clip configs (cf-*) become known to open_clip by name.
 open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+def fresh_model(model_name: str) -> torch.nn.Module:
+    """A randomly initialised open_clip model, without open_clip's "initialized randomly" warning.
+
+    open_clip warns on the root logger whenever ``pretrained`` is not given; for a model the
+    pipeline means to train from scratch (or only to time) that warning is noise.
+    """
+    notice_filter = _DropRandomInitNotice()
+    root = logging.getLogger()
+    root.addFilter(notice_filter)
+    try:
+        return open_clip.create_model(model_name)
+    finally:
+        root.removeFilter(notice_filter)
 
 
 def model_config(model_name: str) -> dict[str, Any]:

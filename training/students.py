@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import training.clip_models  # noqa: F401  (registers clipforge's cf-* open_clip configs)
+from training.clip_models import fresh_model  # importing it registers clipforge's cf-* configs
 
 STUDENT_FILE = "student.json"
 WEIGHTS_FILE = "weights.pt"
@@ -68,7 +68,7 @@ class StudentClip(nn.Module):
 
 def open_clip_student(variant: str, model_name: str) -> StudentClip:
     """Any open_clip config (``ViT-B-16``, clipforge's ``cf-*``) as a freshly initialised student."""
-    clip = open_clip.create_model(model_name)
+    clip = fresh_model(model_name)
     cfg = open_clip.get_model_config(model_name)
     pre = clip.visual.preprocess_cfg
     info = StudentInfo(

@@ -1,7 +1,11 @@
+import logging
+
+import open_clip
 import pytest
 import torch
 
 from export.reparameterize import pending_folds, reparameterize
+from training.clip_models import fresh_model
 from training.students import STUDENT_REGISTRY, build_student, load_student, save_student
 
 
@@ -34,3 +38,15 @@ def test_student_round_trips_through_its_folder_plain_and_folded(tmp_path, varia
     reloaded = load_student(tmp_path / "folded")
     torch.testing.assert_close(reloaded.encode_image(pixels), img, atol=1e-4, rtol=0)
     torch.testing.assert_close(reloaded.encode_text(tokens), txt, atol=1e-4, rtol=0)
+
+
+def test_fresh_open_clip_model_drops_only_the_random_init_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        fresh_model("cf-tiny-vit-student")
+        logging.getLogger().warning("another warning still shows")
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == ["another warning still shows"]
+    # The filter is scoped to the call: open_clip's own warning is back afterwards.
+    with caplog.at_level(logging.WARNING):
+        open_clip.create_model("cf-tiny-vit-student")
+    assert any("No pretrained weights loaded" in record.getMessage() for record in caplog.records)
