@@ -180,7 +180,8 @@ def _export(args: argparse.Namespace) -> int:
             formats=[name.strip() for name in args.formats.split(",") if name.strip()],
         )
     except (KeyError, ValueError, FileNotFoundError) as err:  # a bad variant, folder or format
-        print(f"clipforge export: {err}", file=sys.stderr)
+        # str(KeyError) quotes its message; the message itself is what the user needs.
+        print(f"clipforge export: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return EXIT_USAGE
     print(format_report(report))
     return 0 if report["passed"] else EXIT_GATE_FAILED

@@ -85,7 +85,7 @@ def test_export_student_folders_unfolded_and_folded(tmp_path: Path) -> None:
 def test_bad_arguments_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cases = [
         (["--variant", NANO, "--formats", "tflite"], "formats must be"),
-        (["--variant", "MobileCLIP-S9"], "unknown student variant"),
+        (["--variant", "MobileCLIP-S9"], "clipforge export: unknown student variant 'MobileCLIP-S9'"),
         (["--student", str(tmp_path)], "not a student folder"),
     ]
     for args, message in cases:
