@@ -31,7 +31,7 @@ from export.package import (
     package_student,
 )
 from export.reparameterize import check_inputs, fold_student
-from training.students import STUDENT_FILE, StudentClip, build_student, load_student
+from training.students import STUDENT_FILE, StudentClip, build_student, is_folded_student, load_student
 
 REPORT_FILE = "export_report.json"
 DEFAULT_ROOT = Path("exports")  # git-ignored; a run lands in exports/<variant>
@@ -55,7 +55,7 @@ def _load_source(folder: Path | None, variant: str | None) -> tuple[StudentClip,
         return build_student(variant).eval(), False, f"variant {variant} (random init, seed {VARIANT_SEED})"
     assert folder is not None
     folder = student_folder(folder)
-    if json.loads((folder / STUDENT_FILE).read_text()).get("reparameterized", False):
+    if is_folded_student(folder):
         return load_folded_student(folder), True, str(folder)
     return load_student(folder).eval(), False, str(folder)
 
@@ -87,8 +87,9 @@ def export_student(
     started = time.perf_counter()
     entries = files_for(formats)  # refuse unknown formats before any work
     cfg = CoremlPackageConfig(precision=precision)
-    atol = ReparameterizedModelConfig().atol
-    min_cosine = cfg.onnx_min_cosine  # the fold is fp32 arithmetic too: held to the ONNX bar
+    # The bars the reparameterized_model stage's gate holds a fold to.
+    fold_cfg = ReparameterizedModelConfig()
+    atol, min_cosine = fold_cfg.atol, fold_cfg.min_centred_cosine
     student, already_folded, source = _load_source(folder, variant)
 
     if already_folded:

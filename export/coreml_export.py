@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 import clipforge
-from training.students import StudentClip
+from training.students import TOWERS, StudentClip
 
 IMAGE_INPUT = "image"
 TEXT_INPUT = "tokens"
@@ -495,7 +495,7 @@ def _param_const_name(name: str) -> str:
 
 def tower_parameters(module: nn.Module, tower: str) -> dict[str, torch.Tensor]:
     """Parameters one tower's graph uses: under ``visual`` for the image, the rest for text."""
-    if tower not in ("image", "text"):
+    if tower not in TOWERS:
         raise ValueError(f"tower must be 'image' or 'text', got {tower!r}")
     out = {}
     for name, param in module.named_parameters():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ from torch import nn
 
 from clipforge.stage_api import StageContext, StageOutcome
 from export.parity import centred_cosines
-from training.students import StudentClip, load_student, save_student
+from training.students import TOWERS, StudentClip, load_student, save_student
 
 FOLD_HOOKS = ("fuse", "reparameterize", "switch_to_deploy")
 # Attributes that say whether a block is folded: timm's MobileOne/RepMixer/RepCPE/large-kernel
@@ -137,9 +137,6 @@ def tower_of(module_name: str) -> str:
     return "image" if "visual" in module_name.split(".") else "text"
 
 
-TOWERS = ("image", "text")
-
-
 def check_inputs(
     model: StudentClip, num_images: int = 4, seed: int = 0, image_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,6 +173,9 @@ class FoldReport:
     # Needed beside max_abs_diff: a random MCi tower embeds all images within ~1e-4 of each other.
     centred_cosine_min: dict[str, float]
     seconds: float  # the fold alone (copy + walk), not the comparison
+    # tower -> the unfolded model's embeddings of the check inputs (image [N, D], text [C, D]),
+    # kept so a caller comparing a further copy (a reloaded folder) need not embed them again.
+    unfolded: dict[str, torch.Tensor] = field(repr=False, compare=False)
 
     def folded_by_tower(self) -> dict[str, int]:
         counts = Counter(tower_of(block.name) for block in self.blocks)
@@ -222,7 +222,7 @@ def fold_student(model: StudentClip, pixels: torch.Tensor, tokens: torch.Tensor)
     centred = {
         tower: float(np.min(centred_cosines(reference[tower].numpy(), result[tower].numpy()))) for tower in reference
     }
-    return folded, FoldReport(tuple(blocks), max_abs_diff(reference, result), centred, seconds)
+    return folded, FoldReport(tuple(blocks), max_abs_diff(reference, result), centred, seconds, reference)
 
 
 def run(ctx: StageContext) -> StageOutcome:
@@ -237,7 +237,7 @@ def run(ctx: StageContext) -> StageOutcome:
     save_student(folded, out_model, reparameterized=True)
     # The published folder must reload into the folded structure with the same outputs.
     reloaded = load_student(out_model)
-    diff_reloaded = max_abs_diff(embed(model, pixels, tokens), embed(reloaded, pixels, tokens))
+    diff_reloaded = max_abs_diff(report.unfolded, embed(reloaded, pixels, tokens))
 
     per_tower = report.folded_by_tower()
     rows = [

@@ -25,9 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.students import StudentClip
+from training.students import TOWERS, StudentClip
 
-TOWERS = ("image", "text")
 # Forms a tower is timed in: train-form (eval mode, unfolded) or folded, PyTorch or ONNX Runtime.
 FORM_LABELS = {
     "torch": "PyTorch",

@@ -22,6 +22,7 @@ from training.clip_models import fresh_model  # importing it registers clipforge
 
 STUDENT_FILE = "student.json"
 WEIGHTS_FILE = "weights.pt"
+TOWERS = ("image", "text")  # a student's two encoders, in the order reports list them
 
 
 @dataclass(frozen=True)
