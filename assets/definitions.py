@@ -7,7 +7,7 @@ from dagster import Definitions, multiprocess_executor
 from assets.jobs import full_chain, retrain, retrain_daily
 from assets.resources import default_resource
 from assets.sensors import new_pool_shards
-from assets.stages import STAGE_ASSETS
+from assets.stage_assets import STAGE_ASSETS
 
 # One stage at a time, each in its own process: every stage's torch work already uses all
 # cores, and two stages side by side (teacher and captioner bootstraps are independent)

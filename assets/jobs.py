@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dagster import AssetSelection, DefaultScheduleStatus, ScheduleDefinition, define_asset_job
 
-from assets.stages import GROUP
+from assets.stage_assets import GROUP
 
 full_chain = define_asset_job(
     "full_chain",

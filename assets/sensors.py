@@ -8,7 +8,7 @@ from dagster import RunRequest, SensorEvaluationContext, SkipReason, sensor
 from assets.jobs import full_chain
 from assets.resources import ClipforgeResource
 from clipforge.config import Params
-from pipelines.lake import Lake, S3Location, s3_client, s3_list
+from clipforge.lake import Lake, S3Location, s3_client, s3_list
 
 EMBEDDED_SHARDS = "pool/shards"
 

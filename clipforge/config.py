@@ -147,7 +147,7 @@ class ReinforcedDatasetConfig(_Section):
 class StudentModelConfig(_Section):
     model: str = "MobileCLIP-nano"
     # Start from these weights instead of a fresh init: a student folder or a checkpoint file in
-    # clipforge's, open_clip's or Apple's layout (training/mobileclip/checkpoints.py). A local
+    # clipforge's, open_clip's or Apple's layout (training/models/checkpoints.py). A local
     # path; DVC tracks this string, not the file's content.
     init_checkpoint: str | None = None
     image_size: int = 64

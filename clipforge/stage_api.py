@@ -3,7 +3,7 @@
 A stage is a plain function ``run(ctx: StageContext) -> StageOutcome``. It reads its
 upstream stages' published folders from ``ctx.inputs``, writes everything it produces under
 ``ctx.out_dir`` (a private staging folder), and returns a manifest (one row per sample or
-per artifact) plus a small summary. The runner (``clipforge.stages``) owns the rest:
+per artifact) plus a small summary. The runner (``chain.runner``) owns the rest:
 MLflow run, manifest and report files, atomic publishing to the lake, and the quality gate.
 Stages never import Dagster or DVC.
 """

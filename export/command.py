@@ -31,7 +31,7 @@ from export.package import (
     package_student,
 )
 from export.reparameterize import check_inputs, fold_student
-from training.students import STUDENT_FILE, StudentClip, build_student, is_folded_student, load_student
+from training.models.students import STUDENT_FILE, StudentClip, build_student, is_folded_student, load_student
 
 REPORT_FILE = "export_report.json"
 DEFAULT_ROOT = Path("exports")  # git-ignored; a run lands in exports/<variant>

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 import clipforge
-from training.students import TOWERS, StudentClip
+from training.models.students import TOWERS, StudentClip
 
 IMAGE_INPUT = "image"
 TEXT_INPUT = "tokens"

@@ -33,7 +33,7 @@ from export.coreml_export import (
     encoder_metadata,
 )
 from export.parity import centred_cosines, cosines
-from training.students import StudentClip
+from training.models.students import StudentClip
 
 EXPORTER_ROUTE = "torch.onnx.export(dynamo=True) (torch.export-based exporter)"
 BATCH_AXIS = "batch"

@@ -43,7 +43,7 @@ from export.onnx_export import (
     verify_text_onnx,
 )
 from export.reparameterize import pending_folds
-from training.students import STUDENT_FILE, StudentClip, load_student
+from training.models.students import STUDENT_FILE, StudentClip, load_student
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ that collapse into one convolution for inference (METHOD.md 2.8). Folding reads 
 by comparing the folded model's embeddings with the unfolded model's.
 
 The walk is timm's ``reparameterize_model`` (every child with ``fuse()``, ``reparameterize()``
-or ``switch_to_deploy()``), the same one ``training.students.load_student`` replays to rebuild
+or ``switch_to_deploy()``), the same one ``training.models.students.load_student`` replays to rebuild
 the folded structure, so a saved folded model always reloads into the same module tree.
 """
 
@@ -26,7 +26,7 @@ from torch import nn
 
 from clipforge.stage_api import StageContext, StageOutcome
 from export.parity import centred_cosines
-from training.students import TOWERS, StudentClip, load_student, save_student
+from training.models.students import TOWERS, StudentClip, load_student, save_student
 
 FOLD_HOOKS = ("fuse", "reparameterize", "switch_to_deploy")
 # Attributes that say whether a block is folded: timm's MobileOne/RepMixer/RepCPE/large-kernel

@@ -38,7 +38,7 @@ from clipforge.config import EmbeddedCorpusConfig
 from clipforge.stage_api import StageContext, StageOutcome
 from pipelines import scenes
 from pipelines.previews import image_grid
-from training.tar_shards import ShardWriter, iter_tar_samples
+from training.data.tar_shards import ShardWriter, iter_tar_samples
 
 T = TypeVar("T")
 ProgressFn = Callable[[Iterable[Any], str, int | None], Iterator[Any]]

@@ -1,9 +1,9 @@
 """The pipeline's own image-text shards (datacomp_pool, filtered_pool): ``KEY.jpg``, ``KEY.txt``,
-``KEY.json``, read and written through :mod:`training.tar_shards`.
+``KEY.json``, read and written through :mod:`training.data.tar_shards`.
 
 They are well formed by construction, so :func:`read_samples` raises on anything unexpected:
 there it is a bug. Untrusted tars (a pool someone downloaded) are read with
-:func:`training.tar_shards.iter_tar_groups` instead.
+:func:`training.data.tar_shards.iter_tar_groups` instead.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.tar_shards import iter_tar_samples
+from training.data.tar_shards import iter_tar_samples
 
 
 class ShardFormatError(ValueError):

@@ -16,4 +16,4 @@ end=$(date +%s)
 
 echo
 echo "clipforge: whole chain finished in $((end - start)) s"
-python -m clipforge.cli summary
+python -m chain.cli summary

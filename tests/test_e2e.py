@@ -19,7 +19,7 @@ import yaml
 from dagster import AssetKey, DagsterInstance
 
 from assets.definitions import defs
-from clipforge.stages import CHAIN
+from chain.runner import CHAIN
 
 pytestmark = pytest.mark.e2e
 

@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 import torch
 
+from chain.runner import run_stage
 from clipforge.config import Params, apply_overrides
-from clipforge.stages import run_stage
-from pipelines.lake import LATEST_POINTER, Lake
-from training.clip_models import save_ensemble_index, save_model
+from clipforge.lake import LATEST_POINTER, Lake
+from training.models.open_clip_models import save_ensemble_index, save_model
 
 PASSED_REPORT = {"gate": {"passed": True, "checks": []}}
 

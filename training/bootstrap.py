@@ -18,7 +18,7 @@ tokens the corpus never uses are zeroed at the start and never trained, so each 
 exactly 0 and they enter the softmax as one lumped term ``log(count)``. That is the exact
 full-vocabulary cross-entropy of the saved model at a fraction of the cost (the full
 49408-way projection of every position costs ~16 s per step on two CPU cores), and
-``training.coca_sampling`` exploits the same zero columns when it samples.
+``training.models.coca_sampling`` exploits the same zero columns when it samples.
 """
 
 from __future__ import annotations
@@ -44,10 +44,17 @@ from torch import nn
 
 from clipforge.config import BootstrapTrainConfig, OpenClipSpec
 from clipforge.stage_api import StageContext, StageOutcome, Tracker
-from training import coca_sampling
-from training.clip_models import LoadedClip, fresh_model, load_model, model_config, save_ensemble_index, save_model
-from training.schedules import cosine_lr, set_lr
-from training.tar_shards import iter_tar_samples
+from training.data.tar_shards import iter_tar_samples
+from training.models import coca_sampling
+from training.models.open_clip_models import (
+    LoadedClip,
+    fresh_model,
+    load_model,
+    model_config,
+    save_ensemble_index,
+    save_model,
+)
+from training.optim import cosine_lr, set_lr
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

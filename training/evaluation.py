@@ -23,10 +23,10 @@ import pandas as pd
 import torch
 
 from clipforge.stage_api import StageContext, StageOutcome
-from training.benchmark_data import TaskSpec, list_tasks, load_task
-from training.latency import example_inputs, forms_markdown, forms_record, machine_facts, onnx_towers, torch_towers
-from training.students import StudentClip, load_student
-from training.zeroshot import evaluate_task
+from training.data.benchmark import TaskSpec, list_tasks, load_task
+from training.eval.timing import example_inputs, forms_markdown, forms_record, machine_facts, onnx_towers, torch_towers
+from training.eval.zeroshot import evaluate_task
+from training.models.students import StudentClip, load_student
 
 METRICS_FILE = "metrics.json"
 EXPORT_SUFFIXES = (".mlpackage", ".onnx")
@@ -161,7 +161,7 @@ def _promote(ctx: StageContext, model_dir: Path, metrics: dict[str, float]) -> d
     if cfg.promotion_metric not in metrics:
         reason = f"promotion metric {cfg.promotion_metric!r} was not computed (no such task kind): not registered"
         return {**base, "promoted": False, "version": None, "reason": reason}
-    from training.model_registry import promote_if_better
+    from clipforge.registry import promote_if_better
 
     decision = promote_if_better(
         run_id=ctx.run_id,

@@ -14,9 +14,9 @@ import yaml
 from dagster import AssetKey, DagsterEventType, DagsterInstance
 
 from assets.definitions import defs
-from assets.stages import GATE_CHECK
+from assets.stage_assets import GATE_CHECK
+from chain.runner import CHAIN
 from clipforge.config import load_params
-from clipforge.stages import CHAIN
 from pipelines.embedded_corpus import generate_pool
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipforge.cli import EXIT_USAGE, main
+from chain.cli import EXIT_USAGE, main
 from clipforge.files import path_sha256
 from export.command import REPORT_FILE
 from export.package import FILES
 from export.reparameterize import check_inputs, fold_student
 from tests.fold_helpers import randomise_branches
-from training.students import build_student, save_student
+from training.models.students import build_student, save_student
 
 NANO = "MobileCLIP-nano"
 

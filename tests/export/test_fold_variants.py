@@ -14,9 +14,9 @@ from torch import nn
 
 from export.reparameterize import check_inputs, embed, fold_student, pending_folds
 from tests.fold_helpers import randomise_branches
-from training.mobileclip import list_variants, variant_config
-from training.mobileclip.text_blocks import TextRepMixer
-from training.students import build_student
+from training.models.mobileclip import list_variants, variant_config
+from training.models.mobileclip.text_blocks import TextRepMixer
+from training.models.students import build_student
 
 ATOL = 1e-4  # Done-when: max abs diff of the normalised embeddings
 MIN_CENTRED_COSINE = 0.9999

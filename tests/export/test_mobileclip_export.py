@@ -38,9 +38,9 @@ from export.package import FILES, package_student
 from export.parity import centred_cosines, cosines
 from export.reparameterize import check_inputs, fold_student, pending_folds
 from tests.fold_helpers import randomise_branches
-from training.mobileclip import MobileClip, TextEncoder
-from training.mobileclip.variants import OPENAI_MEAN, OPENAI_STD
-from training.students import StudentClip, build_student
+from training.models.mobileclip import MobileClip, TextEncoder
+from training.models.mobileclip.variants import OPENAI_MEAN, OPENAI_STD
+from training.models.students import StudentClip, build_student
 
 FEATURE_TYPES = ct.proto.FeatureTypes_pb2
 MIN_COSINE = 0.9999

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from clipforge.config import Params, load_params
+from clipforge.quality import run_gate
 from clipforge.stage_api import StageContext
 from export.coreml_export import (
     ImageEncoder,
@@ -27,8 +28,7 @@ from export.coreml_export import (
 from export.onnx_export import VERIFY_CAPTIONS, verify_image_onnx, verify_text_onnx
 from export.package import FILES, run, verify_package
 from export.reparameterize import reparameterize
-from pipelines.quality import run_gate
-from training.students import StudentClip, build_student, save_student
+from training.models.students import StudentClip, build_student, save_student
 
 REPO = Path(__file__).resolve().parents[2]
 

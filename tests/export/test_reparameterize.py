@@ -17,8 +17,8 @@ from clipforge.config import load_params
 from clipforge.stage_api import StageContext
 from export.reparameterize import fold_state, pending_folds, reparameterize, run
 from tests.fold_helpers import randomise_branches
-from training import students
-from training.students import StudentClip, StudentInfo, build_student, load_student, save_student
+from training.models import students
+from training.models.students import StudentClip, StudentInfo, build_student, load_student, save_student
 
 REPO = Path(__file__).resolve().parents[2]
 FASTVIT_VARIANT = "test-fastvit-mci0"

@@ -19,7 +19,7 @@ from clipforge.config import EmbeddedCorpusConfig, Params
 from clipforge.stage_api import StageContext
 from pipelines import embedded_corpus as ec
 from pipelines import scenes
-from training.tar_shards import iter_tar_samples
+from training.data.tar_shards import iter_tar_samples
 
 CFG = EmbeddedCorpusConfig(
     seed=3, pool_size=100, teacher_corpus_size=30, benchmark_size=16, image_size=48, shard_size=40

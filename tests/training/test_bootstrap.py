@@ -19,8 +19,8 @@ from clipforge.config import BootstrapTrainConfig, Params
 from clipforge.stage_api import NullTracker, StageContext
 from tests.conftest import tiny_params_for
 from training import bootstrap as bs
-from training.clip_models import load_model, load_teachers
-from training.schedules import cosine_lr
+from training.models.open_clip_models import load_model, load_teachers
+from training.optim import cosine_lr
 
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220), "yellow": (240, 220, 30)}
 SHAPES = ("square", "circle")

@@ -19,7 +19,7 @@ from clipforge.config import MlflowConfig, Params
 from clipforge.stage_api import StageContext
 from clipforge.tracking import configure
 from training.evaluation import measure_latency, run
-from training.students import build_student, load_student, save_student
+from training.models.students import build_student, load_student, save_student
 
 RETRIEVAL_KEYS = {f"{d}_r{k}" for d in ("image", "text") for k in (1, 5, 10)}
 CLASSIFICATION_KEYS = {"top1", "top5", "mean_per_class_recall"}

@@ -1,0 +1,161 @@
+"""Student variants behind one registry: ``build_student(name)``, saved and loaded by folder.
+
+Every student is a :class:`StudentClip`: image pixels in [0, 1] go in (the variant's own
+mean/std normalisation happens inside, so exports take plain 1/255-scaled pixels), tokens
+go in, L2-normalised embeddings come out. The issue-3 MobileCLIP family plugs in here as
+more registry entries.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.models.open_clip_models import fresh_model  # importing it registers clipforge's cf-* configs
+
+STUDENT_FILE = "student.json"
+WEIGHTS_FILE = "weights.pt"
+TOWERS = ("image", "text")  # a student's two encoders, in the order reports list them
+
+
+@dataclass(frozen=True)
+class StudentInfo:
+    variant: str
+    image_size: int
+    context_length: int
+    embed_dim: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    tokenizer: str  # open_clip tokenizer name (get_tokenizer argument)
+
+
+class StudentClip(nn.Module):
+    """A CLIP student: ``encode_image`` / ``encode_text`` give normalised embeddings."""
+
+    def __init__(self, clip: nn.Module, info: StudentInfo) -> None:
+        super().__init__()
+        self.clip = clip
+        self.info = info
+        self.register_buffer("pixel_mean", torch.tensor(info.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(info.std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[B, 3, S, S] in [0, 1] -> [B, D], L2-normalised."""
+        return F.normalize(self.clip.encode_image((pixels - self.pixel_mean) / self.pixel_std), dim=-1)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, context_length] int token ids -> [B, D], L2-normalised."""
+        return F.normalize(self.clip.encode_text(tokens), dim=-1)
+
+    def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # The learnable temperature is capped at 100 (METHOD.md 2.7).
+        return self.encode_image(pixels), self.encode_text(tokens), self.clip.logit_scale.exp().clamp(max=100)
+
+    def tokenizer(self) -> Callable[[list[str]], torch.Tensor]:
+        tok = open_clip.get_tokenizer(self.info.tokenizer)
+        return lambda texts: tok(list(texts), context_length=self.info.context_length)
+
+
+def open_clip_student(variant: str, model_name: str) -> StudentClip:
+    """Any open_clip config (``ViT-B-16``, clipforge's ``cf-*``) as a freshly initialised student."""
+    clip = fresh_model(model_name)
+    cfg = open_clip.get_model_config(model_name)
+    pre = clip.visual.preprocess_cfg
+    info = StudentInfo(
+        variant=variant,
+        image_size=int(cfg["vision_cfg"]["image_size"]),
+        context_length=int(cfg["text_cfg"].get("context_length", 77)),
+        embed_dim=int(cfg["embed_dim"]),
+        mean=tuple(pre["mean"]),
+        std=tuple(pre["std"]),
+        tokenizer=model_name,
+    )
+    return StudentClip(clip, info)
+
+
+def _mobileclip_student(variant: str) -> StudentClip:
+    from training.models.mobileclip import build_mobileclip, variant_config
+
+    cfg = variant_config(variant)
+    info = StudentInfo(
+        variant=variant,
+        image_size=cfg.image_size,
+        context_length=cfg.context_length,
+        embed_dim=cfg.embed_dim,
+        mean=tuple(cfg.mean),
+        std=tuple(cfg.std),
+        tokenizer=cfg.tokenizer,
+    )
+    return StudentClip(build_mobileclip(variant), info)
+
+
+def _registry() -> dict[str, Callable[[], StudentClip]]:
+    from training.models.mobileclip import list_variants
+
+    registry: dict[str, Callable[[], StudentClip]] = {
+        "tiny-vit": lambda: open_clip_student("tiny-vit", "cf-tiny-vit-student"),
+    }
+    for name in list_variants():
+        registry[name] = lambda name=name: _mobileclip_student(name)
+    return registry
+
+
+# name -> builder. A builder returns a freshly initialised student: clipforge's open_clip
+# tiny-vit and every MobileCLIP variant (training/models/mobileclip), MobileCLIP-nano for CPU runs.
+STUDENT_REGISTRY: dict[str, Callable[[], StudentClip]] = _registry()
+
+
+def build_student(name: str) -> StudentClip:
+    if name not in STUDENT_REGISTRY:
+        raise KeyError(f"unknown student variant {name!r}; known: {sorted(STUDENT_REGISTRY)}")
+    return STUDENT_REGISTRY[name]()
+
+
+def tower_params(student: StudentClip) -> tuple[int, int]:
+    """(image, text) parameter counts: the ``visual`` tower, then the rest but the logit scale."""
+    clip = student.clip
+    image = sum(p.numel() for p in clip.visual.parameters())
+    text = sum(p.numel() for p in clip.parameters()) - image - clip.logit_scale.numel()
+    return image, text
+
+
+def save_student(model: StudentClip, folder: Path, *, reparameterized: bool = False) -> None:
+    """Write ``student.json`` + ``weights.pt``; ``reparameterized=True`` marks folded weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), folder / WEIGHTS_FILE)
+    record = asdict(model.info)
+    if reparameterized:
+        # Folded weights only load into a folded module tree (see load_student).
+        record["reparameterized"] = True
+    (folder / STUDENT_FILE).write_text(json.dumps(record, indent=2))
+
+
+def is_folded_student(folder: Path) -> bool:
+    """Whether ``folder`` holds a student saved with ``reparameterized=True``."""
+    record = folder / STUDENT_FILE
+    return record.is_file() and bool(json.loads(record.read_text()).get("reparameterized", False))
+
+
+def load_student(folder: Path) -> StudentClip:
+    info = json.loads((folder / STUDENT_FILE).read_text())
+    model = build_student(info["variant"])
+    if info.get("reparameterized", False):
+        # Rebuild the inference-time structure: fold the fresh model (eval mode, the same walk
+        # export.reparameterize performs) so the folded state dict's keys and shapes match.
+        from timm.utils import reparameterize_model
+
+        model = reparameterize_model(model.eval(), inplace=True)
+    state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.eval()
