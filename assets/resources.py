@@ -7,7 +7,8 @@ import os
 from dagster import ConfigurableResource
 from pydantic import Field
 
-from clipforge.config import Params, load_params
+from clipforge.config import Params
+from clipforge.params_file import load_params
 
 PARAMS_ENV = "CLIPFORGE_PARAMS"
 

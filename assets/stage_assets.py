@@ -1,4 +1,4 @@
-"""One Dagster asset per stage of ``chain.runner.CHAIN``, each with a blocking quality check.
+"""One Dagster asset per stage of ``chain.spec.CHAIN``, each with a blocking quality check.
 
 The stages themselves live in ``pipelines/``, ``training/`` and ``export/``; an asset only
 calls the shared runner (:func:`chain.runner.run_stage`, the same call DVC makes through
@@ -24,8 +24,9 @@ from dagster import (
 )
 
 from assets.resources import ClipforgeResource
-from chain.runner import CHAIN, StageReport, StageSpec, run_stage
-from clipforge.stage_api import GateResult
+from chain.runner import StageReport, run_stage
+from chain.spec import CHAIN, StageSpec
+from clipforge.gates import GateResult
 
 GROUP = "clipforge"
 GATE_CHECK = "quality_gate"
@@ -96,10 +97,9 @@ def report_metadata(report: StageReport) -> dict[str, Any]:
         entry = _scalar(value)
         if entry is not None and key not in meta:
             meta[key] = entry
-    # Markdown tables a stage renders (evaluation's metrics_table, latency_table) as tables.
-    for key, value in report.summary.items():
-        if key.endswith("_table") and isinstance(value, str):
-            meta[key] = MetadataValue.md(value)
+    # Markdown tables a stage renders (evaluation's per-task metrics, latency) as tables.
+    for label, table in report.tables.items():
+        meta[f"table: {label}"] = MetadataValue.md(table)
     if report.summary:
         meta["summary"] = MetadataValue.json(json.loads(json.dumps(report.summary, default=str)))
     if report.metrics:
@@ -144,11 +144,11 @@ def build_stage_asset(spec: StageSpec) -> AssetsDefinition:
                 GATE_CHECK,
                 asset=spec.name,
                 blocking=True,
-                description="Great Expectations suite over the stage's manifest (pipelines/quality.py); "
+                description=f"Great Expectations suite over the stage's manifest ({spec.module}.quality_suite); "
                 "a failure stops every downstream asset.",
             )
         ],
-        metadata={"params_sections": ", ".join(spec.sections), "entrypoint": spec.entrypoint},
+        metadata={"params_sections": ", ".join(spec.sections), "module": spec.module},
     )
     def _stage(context: AssetExecutionContext, clipforge: ClipforgeResource) -> MaterializeResult:
         params = clipforge.load()

@@ -5,6 +5,9 @@ clipforge chain   [--params FILE] [--set ...] [--from STAGE] [--to STAGE]
 clipforge stages | models | summary
 clipforge benchmark latency [--variants nano S0 ...] [--json PATH] [--markdown]
 clipforge export  (--student FOLDER | --variant NAME) [--out DIR] [--precision P] [--formats coreml,onnx]
+
+Exit codes: 0 done, 2 usage or params error (one line naming the file and key, before any
+work), 3 a quality gate failed (downstream stages must not run).
 """
 
 from __future__ import annotations
@@ -13,16 +16,22 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
-from chain.runner import CHAIN, STAGES, GateFailed, StageReport, read_report, run_stage
-from clipforge.config import Params, load_params
+from chain.runner import GateFailed, StageReport, read_report, run_stage
+from chain.spec import CHAIN, STAGES
+from clipforge.config import Params
+from clipforge.params_file import ParamsError, load_params
+
+T = TypeVar("T")
 
 EXIT_GATE_FAILED = 3
 EXIT_USAGE = 2  # argparse's code for bad arguments
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+def _add_params(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument(
         "--set",
@@ -32,6 +41,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override one param (repeatable); the value is parsed as YAML",
     )
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    _add_params(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--report-dir", default="reports", help="where the JSON report goes (default: reports/)")
 
@@ -53,8 +66,7 @@ def _print_summary(report: StageReport) -> None:
             print(f"    - {line}")
 
 
-def _run(names: list[str], args: argparse.Namespace) -> int:
-    params = load_params(args.params, args.overrides)
+def _run(names: list[str], params: Params, args: argparse.Namespace) -> int:
     for name in names:
         try:
             report = run_stage(name, params, show_progress=not args.no_progress, report_dir=Path(args.report_dir))
@@ -87,7 +99,14 @@ def _models() -> int:
     return 0
 
 
-def _benchmark_latency(args: argparse.Namespace) -> int:
+def _announce(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
+    """A Progress (clipforge.progress) that prints a line as each item starts."""
+    for item in items:
+        print(f"{desc} {item}", flush=True)
+        yield item
+
+
+def _benchmark_latency(args: argparse.Namespace, params: Params) -> int:
     """Time every chosen variant against the baseline; print the table, write the JSON."""
     from export import latency_benchmark as latency
 
@@ -95,7 +114,7 @@ def _benchmark_latency(args: argparse.Namespace) -> int:
     chosen = {k: getattr(args, k) for k in ("warmup", "repeats", "threads") if getattr(args, k) is not None}
     variants = args.variants or list(latency.DEFAULT_VARIANTS)
     try:
-        settings = latency.LatencySettings(**chosen)
+        settings = latency.LatencySettings(opset=params.coreml_package.onnx_opset, **chosen)
         latency.resolve_variants(variants)
     except (KeyError, ValueError) as err:
         print(f"benchmark latency: {err.args[0]}", file=sys.stderr)
@@ -104,7 +123,7 @@ def _benchmark_latency(args: argparse.Namespace) -> int:
         variants,
         baseline=args.baseline or latency.DEFAULT_BASELINE,
         settings=settings,
-        progress=lambda message: print(f"timing {message}", flush=True),
+        progress=_announce,
     )
     path = Path(args.json) if args.json else latency.DEFAULT_JSON
     latency.write_json(result, path)
@@ -127,13 +146,14 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     latency.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default: all usable cores)")
     latency.add_argument("--json", help="where every figure goes (default: reports/latency.json)")
     latency.add_argument("--markdown", action="store_true", help="also print the README table")
+    _add_params(latency)  # coreml_package.onnx_opset: the files are exported as the stage exports them
 
 
 def _summary(params: Params) -> int:
     """Per stage: rows, seconds, gate; then the evaluation metrics and exported files."""
-    from clipforge.lake import Lake, StageNotPublished
+    from clipforge.lake import StageNotPublished, open_lake
 
-    lake = Lake(params.lake)
+    lake = open_lake(params.lake)
     missing = 0
     for spec in CHAIN:
         try:
@@ -164,19 +184,24 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--student", type=Path, metavar="FOLDER", help="a student folder (student.json), folded or not")
     source.add_argument("--variant", metavar="NAME", help="a freshly initialised (random) model of this variant")
     parser.add_argument("--out", type=Path, help="output folder (default: exports/<variant>)")
-    parser.add_argument("--precision", choices=["float16", "float32"], default="float16", help="Core ML precision")
+    parser.add_argument("--precision", choices=["float16", "float32"], help="Core ML precision (default: params)")
     parser.add_argument("--formats", default="coreml,onnx", help="comma-separated: coreml, onnx (default: both)")
+    _add_params(parser)  # coreml_package and reparameterized_model: the stage's settings and bars
 
 
-def _export(args: argparse.Namespace) -> int:
+def _export(args: argparse.Namespace, params: Params) -> int:
     from export.command import export_student, format_report
 
+    package = params.coreml_package
+    if args.precision is not None:
+        package = package.model_copy(update={"precision": args.precision})
     try:
         report = export_student(
             args.out,
             folder=args.student,
             variant=args.variant,
-            precision=args.precision,
+            package=package,
+            fold=params.reparameterized_model,
             formats=[name.strip() for name in args.formats.split(",") if name.strip()],
         )
     except (KeyError, ValueError, FileNotFoundError) as err:  # a bad variant, folder or format
@@ -203,9 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("models", help="list the student variants with image and text parameter counts")
     _add_benchmark(sub)
     _add_export(sub)
-    summary = sub.add_parser("summary", help="what the last run of each stage left in the lake")
-    summary.add_argument("--params", default="params.yaml")
-    summary.add_argument("--set", dest="overrides", action="append", default=[])
+    _add_params(sub.add_parser("summary", help="what the last run of each stage left in the lake"))
 
     args = parser.parse_args(argv)
     if args.command == "stages":
@@ -214,16 +237,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "models":
         return _models()
+    try:
+        # Validated once, here, before any stage work or MLflow run.
+        params = load_params(args.params, args.overrides)
+    except ParamsError as err:
+        print(err, file=sys.stderr)
+        return EXIT_USAGE
     if args.command == "benchmark":
-        return _benchmark_latency(args)
+        return _benchmark_latency(args, params)
     if args.command == "export":
-        return _export(args)
+        return _export(args, params)
     if args.command == "summary":
-        return _summary(load_params(args.params, args.overrides))
+        return _summary(params)
     if args.command == "chain":
         names = [s.name for s in CHAIN]
-        return _run(names[names.index(args.first) : names.index(args.last) + 1], args)
-    return _run([args.command], args)
+        return _run(names[names.index(args.first) : names.index(args.last) + 1], params, args)
+    return _run([args.command], params, args)
 
 
 if __name__ == "__main__":

@@ -1,129 +1,27 @@
-"""The chain: which stages exist, what each reads, and the one runner that executes a stage.
+"""The one runner that executes a stage: inputs from the lake, MLflow run, atomic publish, gate.
 
 Dagster assets (``assets/``) and DVC stages (``clipforge <stage>``) both call
 :func:`run_stage`, so a stage has exactly one implementation and two ways to run it.
-Implementations are imported lazily by dotted path: the CLI and the Dagster code location
-load quickly and only the stage that runs pays for torch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chain.spec import STAGES, StageSpec
+from clipforge import tracking
 from clipforge.config import Params
-from clipforge.stage_api import GateResult, StageContext, StageOutcome
+from clipforge.gates import GateResult, run_gate
+from clipforge.lake import Lake, open_lake
+from clipforge.stage_api import MANIFEST_FILE, REPORT_FILE, DeclaredParams, StageContext
 
 log = logging.getLogger(__name__)
-
-MANIFEST_FILE = "manifest.parquet"
-REPORT_FILE = "report.json"
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    name: str
-    # "module:function" of the implementation, imported when the stage runs.
-    entrypoint: str
-    # Upstream stages whose published folders this stage reads.
-    inputs: tuple[str, ...]
-    # params.yaml sections the stage depends on (DVC params deps; MLflow params).
-    sections: tuple[str, ...]
-    description: str
-
-    def load(self) -> Callable[[StageContext], StageOutcome]:
-        module_name, _, func_name = self.entrypoint.partition(":")
-        return getattr(importlib.import_module(module_name), func_name)
-
-
-CHAIN: tuple[StageSpec, ...] = (
-    StageSpec(
-        "embedded_corpus",
-        "pipelines.embedded_corpus:run",
-        (),
-        ("embedded_corpus",),
-        "Generated DataComp-format pool, clean teacher corpus and held-out benchmark (no network).",
-    ),
-    StageSpec(
-        "datacomp_pool",
-        "pipelines.datacomp_pool:run",
-        ("embedded_corpus",),
-        ("datacomp_pool",),
-        "Ingest a DataComp-format pool (local or S3): per-sample manifest, bad samples skipped and counted.",
-    ),
-    StageSpec(
-        "teacher_models",
-        "training.bootstrap:run_teachers",
-        ("embedded_corpus",),
-        ("teacher_models",),
-        "Resolve the CLIP teacher ensemble, or bootstrap it on the clean teacher corpus.",
-    ),
-    StageSpec(
-        "captioner_model",
-        "training.bootstrap:run_captioner",
-        ("embedded_corpus",),
-        ("captioner_model",),
-        "Resolve the CoCa captioner, or bootstrap a small one on the clean teacher corpus.",
-    ),
-    StageSpec(
-        "filtered_pool",
-        "pipelines.filtered_pool:run",
-        ("datacomp_pool", "teacher_models"),
-        ("filtered_pool",),
-        "DataComp basic filter and CLIP-score filter scored with the teachers.",
-    ),
-    StageSpec(
-        "synthetic_captions",
-        "pipelines.synthetic_captions:run",
-        ("filtered_pool", "captioner_model"),
-        ("synthetic_captions",),
-        "CoCa synthetic captions with nucleus sampling, S per image.",
-    ),
-    StageSpec(
-        "reinforced_dataset",
-        "pipelines.reinforced_dataset:run",
-        ("filtered_pool", "synthetic_captions", "teacher_models"),
-        ("reinforced_dataset",),
-        "Stored augmentations and teacher-ensemble embeddings, DataCompDR webdataset shards.",
-    ),
-    StageSpec(
-        "student_model",
-        "training.student_model:run",
-        ("reinforced_dataset",),
-        ("student_model",),
-        "Train the student with the MobileCLIP reinforced loss from stored teacher embeddings.",
-    ),
-    StageSpec(
-        "reparameterized_model",
-        "export.reparameterize:run",
-        ("student_model",),
-        ("reparameterized_model",),
-        "Fold train-time branches into single convolutions and check outputs match.",
-    ),
-    StageSpec(
-        "coreml_package",
-        "export.package:run",
-        ("reparameterized_model",),
-        ("coreml_package",),
-        "Core ML image and text packages and ONNX files, verified.",
-    ),
-    StageSpec(
-        "evaluation",
-        "training.evaluation:run",
-        ("reparameterized_model", "coreml_package", "embedded_corpus"),
-        ("evaluation",),
-        "Zero-shot classification and retrieval on the benchmark; MLflow registry promotion.",
-    ),
-)
-
-STAGES: dict[str, StageSpec] = {spec.name: spec for spec in CHAIN}
 
 
 class GateFailed(RuntimeError):
@@ -145,6 +43,8 @@ class StageReport:
     mlflow_run_id: str | None
     # Label -> local file of a preview image (sample grid, loss curve).
     previews: dict[str, Path] = field(default_factory=dict)
+    # Label -> markdown table (StageOutcome.tables).
+    tables: dict[str, str] = field(default_factory=dict)
     manifest_rows: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -157,6 +57,7 @@ class StageReport:
             "seconds": round(self.seconds, 2),
             "mlflow_run_id": self.mlflow_run_id,
             "previews": {k: str(v) for k, v in self.previews.items()},
+            "tables": self.tables,
             "manifest_rows": self.manifest_rows,
         }
 
@@ -168,7 +69,7 @@ def read_report(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _resolve_inputs(spec: StageSpec, lake: Any) -> dict[str, Path]:
+def _resolve_inputs(spec: StageSpec, lake: Lake) -> dict[str, Path]:
     inputs: dict[str, Path] = {}
     for upstream in spec.inputs:
         folder = lake.stage_dir(upstream)
@@ -192,14 +93,12 @@ def run_stage(
     track: bool = True,
 ) -> StageReport:
     """Run one stage end to end: inputs from the lake, MLflow run, atomic publish, gate."""
-    from clipforge import quality, tracking
-    from clipforge.lake import Lake
-
     spec = STAGES[name]
     started = time.perf_counter()
-    lake = Lake(params.lake)
+    lake = open_lake(params.lake)
     inputs = _resolve_inputs(spec, lake)
     implementation = spec.load()
+    stage_params = DeclaredParams(params, name, spec.sections)
 
     with contextlib.ExitStack() as stack:
         tracker = None
@@ -211,7 +110,7 @@ def run_stage(
         with lake.publish(name) as out_dir:
             ctx = StageContext(
                 name=name,
-                params=params,
+                params=stage_params,  # type: ignore[arg-type]  # Params, narrowed to the declared sections
                 inputs=inputs,
                 out_dir=out_dir,
                 show_progress=show_progress,
@@ -221,7 +120,7 @@ def run_stage(
                 ctx.tracker = tracker
             outcome = implementation(ctx)
             outcome.manifest.to_parquet(out_dir / MANIFEST_FILE, index=False)
-            gate = quality.run_gate(name, outcome.manifest, params)
+            gate = run_gate(name, spec.quality_suite(stage_params), outcome.manifest)
             seconds = time.perf_counter() - started
             report = StageReport(
                 stage=name,
@@ -231,6 +130,7 @@ def run_stage(
                 gate=gate,
                 seconds=seconds,
                 mlflow_run_id=ctx.run_id,
+                tables=dict(outcome.tables),
                 manifest_rows=len(outcome.manifest),
             )
             report_dict = report.to_dict()

@@ -1,273 +1,278 @@
-"""Typed configuration: one params file, validated once at the edge.
+"""Typed configuration: one model per params section, validated once, when the file is loaded.
 
-A params file is YAML with one section per stage. A file may name a ``base`` file (relative
-to itself) whose values it overrides, so a profile (``profiles/tiny.yaml``) states only what
-differs from ``params.yaml``. ``--set section.key=value`` overrides are applied last and
-parsed as YAML scalars (``--set student_model.steps=10``).
+The models hold no defaults: ``params.yaml`` sets every value, so no code path can run a value
+nobody sees, and DVC and MLflow record every value a stage reads. Reading, merging and
+overrides are ``clipforge.params_file``; the constraints here turn a bad value into one line
+that names the file and the key.
 """
 
 from __future__ import annotations
 
-import copy
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Reusable field types: the constraint is the documentation.
+Count = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Positive = Annotated[float, Field(gt=0)]
+Cosine = Annotated[float, Field(ge=-1, le=1)]
+# A contrastive batch needs at least two pairs.
+BatchSize = Annotated[int, Field(ge=2)]
+Text = Annotated[str, Field(min_length=1)]
 
 
 class _Section(BaseModel):
-    # Unknown keys are errors: a typo in params.yaml must not silently fall back to a default.
+    # Unknown keys are errors: a typo in params.yaml must not silently fall back to anything.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class LakeConfig(_Section):
     # Local folder (relative to the working directory) or s3://bucket/prefix.
-    root: str = "lake"
+    root: Text
     # Custom S3 endpoint (moto, MinIO); None falls back to AWS_ENDPOINT_URL / boto3 defaults.
-    endpoint_url: str | None = None
-    region: str | None = None
+    endpoint_url: str | None
+    region: str | None
 
 
 class MlflowConfig(_Section):
-    tracking_uri: str = "sqlite:///mlflow.db"
-    artifact_location: str = "mlartifacts"
-    experiment: str = "clipforge"
+    tracking_uri: Text
+    artifact_location: Text
+    experiment: Text
 
 
 class EmbeddedCorpusConfig(_Section):
-    seed: int = 0
-    pool_size: int = 2000
-    teacher_corpus_size: int = 6000
-    benchmark_size: int = 400
+    seed: Seed
+    pool_size: Count
+    teacher_corpus_size: Count
+    benchmark_size: Count
     # Side of the generated scene canvas before aspect/size distortions.
-    image_size: int = 96
-    shard_size: int = 500
-    duplicate_fraction: float = Field(0.02, ge=0, le=1)
-    junk_caption_fraction: float = Field(0.08, ge=0, le=1)
-    wrong_caption_fraction: float = Field(0.1, ge=0, le=1)
-    non_english_fraction: float = Field(0.05, ge=0, le=1)
+    image_size: Annotated[int, Field(ge=16)]
+    shard_size: Count
+    duplicate_fraction: Annotated[float, Field(ge=0, le=0.5)]
+    junk_caption_fraction: Fraction
+    wrong_caption_fraction: Fraction
+    non_english_fraction: Fraction
     # Captions naming only some of the scene's attributes (web alt-text is rarely complete).
-    partial_caption_fraction: float = Field(0.35, ge=0, le=1)
-    tiny_image_fraction: float = Field(0.04, ge=0, le=1)
-    extreme_aspect_fraction: float = Field(0.04, ge=0, le=1)
+    partial_caption_fraction: Fraction
+    tiny_image_fraction: Fraction
+    extreme_aspect_fraction: Fraction
+
+    @model_validator(mode="after")
+    def _fractions_fit(self) -> EmbeddedCorpusConfig:
+        captions = (
+            self.junk_caption_fraction
+            + self.wrong_caption_fraction
+            + self.non_english_fraction
+            + self.partial_caption_fraction
+        )
+        if captions > 1:
+            raise ValueError(f"the junk, wrong, non-English and partial caption fractions add up to {captions:g} > 1")
+        if self.tiny_image_fraction + self.extreme_aspect_fraction > 1:
+            raise ValueError("tiny_image_fraction + extreme_aspect_fraction is more than 1")
+        return self
 
 
 class DatacompPoolConfig(_Section):
     # "embedded" reads the generated pool; otherwise a local folder or s3:// URI holding
     # img2dataset shards (*.tar with a parquet beside each) and optional metadata parquet.
-    source: str = "embedded"
-    max_image_side: int = 512
+    source: Text
+    max_image_side: Count
 
 
 class OpenClipSpec(_Section):
     """A CLIP or CoCa model: an open_clip model name plus pretrained tag or checkpoint path."""
 
-    name: str
-    model: str
-    pretrained: str | None = None
-    # Fixed logit scale used for this teacher's distillation target (METHOD.md 2.7).
-    logit_scale: float = 100.0
+    name: Text
+    model: Text
+    pretrained: str | None
+    # Fixed logit scale of this teacher's distillation target (docs/method.md §2.7).
+    logit_scale: Positive
 
 
 class BootstrapTrainConfig(_Section):
-    steps: int = 300
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    warmup_steps: int = 30
-    image_size: int = 64
-    seed: int = 0
+    steps: Count
+    batch_size: BatchSize
+    lr: Positive
+    weight_decay: Annotated[float, Field(ge=0)]
+    warmup_steps: NonNegative
+    image_size: Count
+    seed: Seed
 
 
 class TeacherModelsConfig(_Section):
-    mode: Literal["bootstrap", "pretrained"] = "bootstrap"
+    mode: Literal["bootstrap", "pretrained"]
     # For "pretrained": the ensemble, each an open_clip name + tag or local checkpoint path.
-    teachers: list[OpenClipSpec] = Field(default_factory=list)
-    bootstrap: BootstrapTrainConfig = BootstrapTrainConfig()
+    teachers: list[OpenClipSpec]
+    bootstrap: BootstrapTrainConfig
 
     @model_validator(mode="after")
     def _pretrained_needs_teachers(self) -> TeacherModelsConfig:
         if self.mode == "pretrained" and not self.teachers:
-            raise ValueError("teacher_models.mode=pretrained needs a non-empty 'teachers' list")
+            raise ValueError("mode pretrained needs a non-empty 'teachers' list")
         return self
 
 
 class CaptionerModelConfig(_Section):
-    mode: Literal["bootstrap", "pretrained"] = "bootstrap"
-    captioner: OpenClipSpec | None = None
-    bootstrap: BootstrapTrainConfig = BootstrapTrainConfig(steps=400, lr=2e-3)
+    mode: Literal["bootstrap", "pretrained"]
+    captioner: OpenClipSpec | None
+    bootstrap: BootstrapTrainConfig
 
     @model_validator(mode="after")
     def _pretrained_needs_captioner(self) -> CaptionerModelConfig:
         if self.mode == "pretrained" and self.captioner is None:
-            raise ValueError("captioner_model.mode=pretrained needs 'captioner'")
+            raise ValueError("mode pretrained needs 'captioner'")
         return self
 
 
 class ClipScoreFilterConfig(_Section):
-    mode: Literal["threshold", "top_fraction", "none"] = "top_fraction"
-    threshold: float = 0.25
-    top_fraction: float = Field(0.7, gt=0, le=1)
+    mode: Literal["threshold", "top_fraction", "none"]
+    threshold: Cosine
+    top_fraction: Annotated[float, Field(gt=0, le=1)]
 
 
 class FilteredPoolConfig(_Section):
-    min_words: int = 2  # keep captions with MORE than this many words (DataComp basic)
-    min_chars: int = 5  # keep captions with MORE than this many characters
-    min_image_side: int = 200
-    max_aspect_ratio: float = 3.0
-    require_english: bool = True
-    clip_score: ClipScoreFilterConfig = ClipScoreFilterConfig()
-    batch_size: int = 256
+    min_words: NonNegative  # keep captions with MORE than this many words (DataComp basic)
+    min_chars: NonNegative
+    min_image_side: Count
+    max_aspect_ratio: Annotated[float, Field(ge=1)]
+    require_english: bool
+    clip_score: ClipScoreFilterConfig
+    batch_size: Count
 
 
 class SyntheticCaptionsConfig(_Section):
-    num_captions: int = Field(5, ge=1)
-    top_p: float = Field(0.9, gt=0, le=1)
-    max_length: int = Field(20, ge=4)
-    batch_size: int = 128
-    seed: int = 0
+    num_captions: Count
+    top_p: Annotated[float, Field(gt=0, le=1)]
+    max_length: Annotated[int, Field(ge=4)]
+    batch_size: Count
+    seed: Seed
 
 
 class ReinforcedDatasetConfig(_Section):
-    num_augmentations: int = Field(10, ge=1)
-    # RandomResizedCrop scale range and RandAugment settings (METHOD.md 2.4).
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    rand_augment_ops: int = 2
-    rand_augment_magnitude: int = 9
-    rand_augment_bins: int = 31
-    shard_size: int = 500
-    batch_size: int = 128
+    num_augmentations: Count
+    # RandomResizedCrop scale range and RandAugment settings (docs/method.md §2.4).
+    crop_scale: tuple[Annotated[float, Field(gt=0, le=1)], Annotated[float, Field(gt=0, le=1)]]
+    rand_augment_ops: NonNegative
+    rand_augment_magnitude: NonNegative
+    rand_augment_bins: Count
+    shard_size: Count
+    batch_size: Count
     # "npz" (float32) or "pth.gz" (bfloat16), both DataCompDR encodings.
-    embedding_format: Literal["npz", "pth.gz"] = "npz"
-    include_images: bool = True
-    seed: int = 0
+    embedding_format: Literal["npz", "pth.gz"]
+    include_images: bool
+    seed: Seed
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] > value[1]:
+            raise ValueError(f"the smallest crop area {value[0]} is above the largest {value[1]}")
+        return value
+
+    @model_validator(mode="after")
+    def _magnitude_in_range(self) -> ReinforcedDatasetConfig:
+        if self.rand_augment_magnitude >= self.rand_augment_bins:
+            raise ValueError(
+                f"rand_augment_magnitude {self.rand_augment_magnitude} must be below rand_augment_bins "
+                f"{self.rand_augment_bins}"
+            )
+        return self
 
 
 class StudentModelConfig(_Section):
-    model: str = "MobileCLIP-nano"
+    model: Text
     # Start from these weights instead of a fresh init: a student folder or a checkpoint file in
     # clipforge's, open_clip's or Apple's layout (training/models/checkpoints.py). A local
     # path; DVC tracks this string, not the file's content.
-    init_checkpoint: str | None = None
-    image_size: int = 64
-    steps: int = 400
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.2
-    beta1: float = 0.9
-    beta2: float = 0.95
-    warmup_steps: int = 40
-    grad_clip: float = 1.0
+    init_checkpoint: str | None
+    image_size: Count
+    steps: Count
+    batch_size: BatchSize
+    lr: Positive
+    weight_decay: Annotated[float, Field(ge=0)]
+    beta1: Annotated[float, Field(ge=0, lt=1)]
+    beta2: Annotated[float, Field(ge=0, lt=1)]
+    warmup_steps: NonNegative
+    grad_clip: Annotated[float, Field(ge=0)]
     # MobileCLIP loss weight: L = (1 - lambda) L_CLIP + lambda L_distill.
-    distill_lambda: float = Field(1.0, ge=0, le=1)
-    use_synthetic_captions: bool = True
-    seed: int = 0
-    num_workers: int = 0
-    log_every: int = 10
+    distill_lambda: Fraction
+    use_synthetic_captions: bool
+    seed: Seed
+    num_workers: NonNegative
+    log_every: Count
 
 
 class ReparameterizedModelConfig(_Section):
-    atol: float = 1e-4
+    atol: Positive
     # export.parity: a random MCi tower embeds every image within ~1e-4 of the others, so a
     # wrong fold can pass `atol`; the batch-centred cosine keeps the input-dependent part honest.
-    min_centred_cosine: float = Field(0.9999, ge=-1, le=1)
+    min_centred_cosine: Cosine
 
 
 class CoremlPackageConfig(_Section):
-    precision: Literal["float16", "float32"] = "float16"
-    minimum_deployment_target: str = "iOS17"
-    onnx_opset: int = 18
-    onnx_min_cosine: float = 0.9999
+    precision: Literal["float16", "float32"]
+    minimum_deployment_target: Text
+    onnx_opset: Annotated[int, Field(ge=13)]
+    onnx_min_cosine: Cosine
 
 
 class EvaluationConfig(_Section):
-    batch_size: int = 256
-    # Metric that decides promotion to the registry alias "champion"; higher is better.
-    promotion_metric: str = "zeroshot_top1_mean"
-    registered_model: str = "clipforge-student"
-    champion_alias: str = "champion"
+    batch_size: Count
+    # Metric that decides promotion to the registry alias; higher is better.
+    promotion_metric: Text
+    registered_model: Text
+    champion_alias: Text
     # Extra clip_benchmark-format webdataset eval sets (local folders), beside the embedded one.
-    extra_benchmarks: list[str] = Field(default_factory=list)
-    # Batch-1 CPU latency of the evaluated student (training/latency.py): untimed, then timed
-    # calls per tower and runtime; a few seconds for the nano student.
-    latency_warmup: int = Field(3, ge=0)
-    latency_repeats: int = Field(10, ge=1)
+    extra_benchmarks: list[str]
+    # Batch-1 CPU latency of the evaluated student (training/eval/timing.py): untimed, then
+    # timed calls per tower and runtime; a few seconds for the nano student.
+    latency_warmup: NonNegative
+    latency_repeats: Count
 
 
 class Params(_Section):
-    profile: str = "default"
-    lake: LakeConfig = LakeConfig()
-    mlflow: MlflowConfig = MlflowConfig()
-    embedded_corpus: EmbeddedCorpusConfig = EmbeddedCorpusConfig()
-    datacomp_pool: DatacompPoolConfig = DatacompPoolConfig()
-    teacher_models: TeacherModelsConfig = TeacherModelsConfig()
-    captioner_model: CaptionerModelConfig = CaptionerModelConfig()
-    filtered_pool: FilteredPoolConfig = FilteredPoolConfig()
-    synthetic_captions: SyntheticCaptionsConfig = SyntheticCaptionsConfig()
-    reinforced_dataset: ReinforcedDatasetConfig = ReinforcedDatasetConfig()
-    student_model: StudentModelConfig = StudentModelConfig()
-    reparameterized_model: ReparameterizedModelConfig = ReparameterizedModelConfig()
-    coreml_package: CoremlPackageConfig = CoremlPackageConfig()
-    evaluation: EvaluationConfig = EvaluationConfig()
+    profile: Text
+    lake: LakeConfig
+    mlflow: MlflowConfig
+    embedded_corpus: EmbeddedCorpusConfig
+    datacomp_pool: DatacompPoolConfig
+    teacher_models: TeacherModelsConfig
+    captioner_model: CaptionerModelConfig
+    filtered_pool: FilteredPoolConfig
+    synthetic_captions: SyntheticCaptionsConfig
+    reinforced_dataset: ReinforcedDatasetConfig
+    student_model: StudentModelConfig
+    reparameterized_model: ReparameterizedModelConfig
+    coreml_package: CoremlPackageConfig
+    evaluation: EvaluationConfig
 
     @field_validator("profile")
     @classmethod
     def _profile_is_name(cls, v: str) -> str:
-        if not v or "/" in v:
+        if "/" in v:
             raise ValueError("profile must be a plain name")
         return v
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
+def fields_with_defaults(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted names of every field, in ``model`` and the models it nests, that has a default.
+
+    Empty for ``Params``: params.yaml is the one place a value comes from (a test holds it).
+    """
+    found: list[str] = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        if not field.is_required():
+            found.append(dotted)
+        for nested in _models_in(field.annotation):
+            found += fields_with_defaults(nested, f"{dotted}.")
+    return found
 
 
-def _read_params_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    path = path.resolve()
-    if path in seen:
-        raise ValueError(f"params files include each other in a cycle: {path}")
-    if not path.is_file():
-        raise FileNotFoundError(f"params file not found: {path}")
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: top level must be a mapping")
-    base_name = data.pop("base", None)
-    if base_name is None:
-        return data
-    base = _read_params_tree(path.parent / base_name, (*seen, path))
-    return _deep_merge(base, data)
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"a.b=3"`` -> (["a", "b"], 3); the value is parsed as YAML."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"override must look like section.key=value, got {text!r}")
-    return [part for part in key.strip().split(".") if part], yaml.safe_load(raw)
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    data = copy.deepcopy(data)
-    for text in overrides:
-        keys, value = parse_override(text)
-        node = data
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {text!r} descends into a non-mapping")
-        node[keys[-1]] = value
-    return data
-
-
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Read, merge and validate a params file; the single entry point for configuration."""
-    data = _read_params_tree(Path(path))
-    data = apply_overrides(data, overrides or [])
-    return Params.model_validate(data)
+def _models_in(annotation: object) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in getattr(annotation, "__args__", ()) for m in _models_in(arg)]

@@ -18,8 +18,13 @@ from typing import Any, Protocol, TypeVar
 import pandas as pd
 
 from clipforge.config import Params
+from clipforge.progress import bar_progress
 
 T = TypeVar("T")
+
+# Written by the runner into every published stage folder, beside what the stage wrote.
+MANIFEST_FILE = "manifest.parquet"
+REPORT_FILE = "report.json"
 
 
 class Tracker(Protocol):
@@ -70,10 +75,8 @@ class StageContext:
     run_id: str | None = None
 
     def progress(self, items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
-        """Wrap a loop that may take more than a few seconds in a progress bar."""
-        from tqdm.auto import tqdm
-
-        return iter(tqdm(items, desc=f"{self.name}: {desc}", total=total, disable=not self.show_progress))
+        """Wrap a loop that may take more than a few seconds in a progress bar (``clipforge.progress``)."""
+        return bar_progress(self.name, self.show_progress)(items, desc, total)
 
 
 @dataclass
@@ -87,24 +90,31 @@ class StageOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     # Files under out_dir worth showing a person (sample grid, loss curve), by label.
     previews: dict[str, str] = field(default_factory=dict)
+    # Markdown tables worth showing a person (per-task metrics, latency), by label.
+    tables: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class GateResult:
-    """Outcome of a stage's quality suite over its manifest."""
+class UndeclaredParamsSection(AttributeError):
+    """A stage read a params section its chain entry does not declare."""
 
-    passed: bool
-    # One entry per expectation: {"expectation": str, "column": str | None,
-    # "success": bool, "observed": JSON-able, "reason": str}
-    checks: list[dict[str, Any]] = field(default_factory=list)
 
-    @property
-    def failures(self) -> list[dict[str, Any]]:
-        return [c for c in self.checks if not c["success"]]
+class DeclaredParams:
+    """The params as one stage sees them: only the sections its chain entry declares.
 
-    def reason(self) -> str:
-        """One readable line per failed expectation ("" when the gate passed)."""
-        return "\n".join(c["reason"] for c in self.failures)
+    The declared sections are DVC's params deps for the stage and what MLflow records for
+    its run; reading any other section would make both lie, so it raises instead.
+    """
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "checks": self.checks}
+    def __init__(self, params: Params, stage: str, sections: Iterable[str]) -> None:
+        self._params = params
+        self._stage = stage
+        self._sections = frozenset(sections)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names not set in __init__: sections and Params' own attributes.
+        if name in type(self._params).model_fields and name != "profile" and name not in self._sections:
+            raise UndeclaredParamsSection(
+                f"stage {self._stage!r} reads params section {name!r}, which its entry in chain/spec.py "
+                f"does not declare (declared: {', '.join(sorted(self._sections))})"
+            )
+        return getattr(self._params, name)

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from clipforge.config import CoremlPackageConfig, ReparameterizedModelConfig
-from export.coreml_export import Precision
 from export.package import (
     FORMATS,
     files_for,
@@ -31,7 +30,14 @@ from export.package import (
     package_student,
 )
 from export.reparameterize import check_inputs, fold_student
-from training.models.students import STUDENT_FILE, StudentClip, build_student, is_folded_student, load_student
+from training.models.students import (
+    STAGE_MODEL_DIR,
+    STUDENT_FILE,
+    StudentClip,
+    build_student,
+    is_folded_student,
+    load_student,
+)
 
 REPORT_FILE = "export_report.json"
 DEFAULT_ROOT = Path("exports")  # git-ignored; a run lands in exports/<variant>
@@ -40,7 +46,7 @@ VARIANT_SEED = 0  # --variant models are random, but the same random model on ev
 
 def student_folder(path: Path) -> Path:
     """``path`` itself when it holds ``student.json``, else its ``model/`` (a stage folder)."""
-    for candidate in (path, path / "model"):
+    for candidate in (path, path / STAGE_MODEL_DIR):
         if (candidate / STUDENT_FILE).is_file():
             return candidate
     raise FileNotFoundError(f"no {STUDENT_FILE} in {path} or {path / 'model'}: not a student folder")
@@ -74,11 +80,14 @@ def export_student(
     *,
     folder: Path | None = None,
     variant: str | None = None,
-    precision: Precision = "float16",
+    package: CoremlPackageConfig,
+    fold: ReparameterizedModelConfig,
     formats: Sequence[str] = tuple(FORMATS),
 ) -> dict[str, Any]:
     """Fold (if needed), export, verify; write ``out_dir/export_report.json`` and return it.
 
+    ``package`` is the coreml_package stage's settings, ``fold`` the bars the
+    reparameterized_model stage's gate holds a fold to (both from params, as the chain runs).
     ``out_dir`` defaults to ``exports/<variant>`` under the working directory.
 
     Files are written to a staging folder inside ``out_dir`` and moved in once verified
@@ -86,26 +95,23 @@ def export_student(
     """
     started = time.perf_counter()
     entries = files_for(formats)  # refuse unknown formats before any work
-    cfg = CoremlPackageConfig(precision=precision)
-    # The bars the reparameterized_model stage's gate holds a fold to.
-    fold_cfg = ReparameterizedModelConfig()
-    atol, min_cosine = fold_cfg.atol, fold_cfg.min_centred_cosine
+    atol, min_cosine = fold.atol, fold.min_centred_cosine
     student, already_folded, source = _load_source(folder, variant)
 
     if already_folded:
-        folded, fold = student, {"already_folded": True, "folded_modules": 0, "passed": True}
+        folded, fold_facts = student, {"already_folded": True, "folded_modules": 0, "passed": True}
     else:
         pixels, tokens = check_inputs(student)
         folded, report = fold_student(student, pixels, tokens)
-        fold = {"already_folded": False, **report.as_dict(), "atol": atol, "min_centred_cosine": min_cosine}
-        fold["passed"] = all(diff <= atol for diff in report.max_abs_diff.values()) and all(
+        fold_facts = {"already_folded": False, **report.as_dict(), "atol": atol, "min_centred_cosine": min_cosine}
+        fold_facts["passed"] = all(diff <= atol for diff in report.max_abs_diff.values()) and all(
             cosine >= min_cosine for cosine in report.centred_cosine_min.values()
         )
 
     out_dir = out_dir or DEFAULT_ROOT / folded.info.variant
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".staging-") as staging:
-        result = package_student(folded, Path(staging), cfg, formats=formats)
+        result = package_student(folded, Path(staging), package, formats=formats)
         _clear(out_dir, [entry.file for entry in entries])
         for entry in entries:
             if (Path(staging) / entry.file).exists():
@@ -131,18 +137,18 @@ def export_student(
         "variant": folded.info.variant,
         "source": source,
         "out_dir": str(out_dir),
-        "precision": precision,
+        "precision": package.precision,
         "formats": list(formats),
-        "fold": fold,
+        "fold": fold_facts,
         "files": files,
         "onnx_cosine_min": result.summary["onnx"]["cosine_min"],
         "onnx_centred_cosine_min": result.summary["onnx"]["centred_cosine_min"],
-        "onnx_min_cosine_required": cfg.onnx_min_cosine,
+        "onnx_min_cosine_required": package.onnx_min_cosine,
         "coreml_checks_passed": {row.file: bool(row.verified) for row in coreml_rows.itertuples()},
         "interface": result.summary["interface"],
         "verify_seconds": result.summary["verify_seconds"],
         "seconds": round(time.perf_counter() - started, 3),
-        "passed": bool(manifest["verified"].all()) and bool(fold["passed"]),
+        "passed": bool(manifest["verified"].all()) and bool(fold_facts["passed"]),
     }
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report

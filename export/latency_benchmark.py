@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from clipforge.config import CoremlPackageConfig
+from clipforge.progress import Progress, no_progress
 from export.onnx_export import export_image_onnx, export_text_onnx
 from export.reparameterize import reparameterize
 from training.eval.timing import (
@@ -50,17 +49,15 @@ RUNTIME_OF = {"torch": "torch", "torch_folded": "torch", "onnx": "onnx", "onnx_f
 
 @dataclass(frozen=True)
 class LatencySettings:
+    # The ONNX opset the files are exported with: coreml_package.onnx_opset, as the stage does.
+    opset: int
     warmup: int = 5
     repeats: int = 20
     threads: int = field(default_factory=usable_cores)  # torch and ORT intra-op
-    opset: int = CoremlPackageConfig().onnx_opset
 
     def __post_init__(self) -> None:
         if self.threads < 1 or self.repeats < 1 or self.warmup < 0:
             raise ValueError(f"need threads >= 1, repeats >= 1, warmup >= 0: {self}")
-
-
-Progress = Callable[[str], None]
 
 
 def _onnx_forms(
@@ -133,28 +130,26 @@ def run_benchmark(
     variants: list[str],
     *,
     baseline: str = DEFAULT_BASELINE,
-    settings: LatencySettings | None = None,
-    progress: Progress = lambda message: None,
+    settings: LatencySettings,
+    progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Every figure of one run, JSON-ready: machine, settings, the baseline and each variant.
 
     ``variants`` are student registry names or MobileCLIP aliases; ``baseline`` an open_clip
     model name. Threads are set for the run and restored afterwards.
     """
-    settings = settings or LatencySettings()
     names = resolve_variants(variants)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
         with tempfile.TemporaryDirectory(prefix="clipforge-latency-") as tmp:
-            progress(f"baseline {baseline}")
-            torch.manual_seed(0)
-            base = measure_model(
-                baseline, open_clip_student(baseline, baseline), settings, Path(tmp) / "baseline", fold=False
-            )
+            for _ in progress([baseline], "timing baseline", 1):
+                torch.manual_seed(0)
+                base = measure_model(
+                    baseline, open_clip_student(baseline, baseline), settings, Path(tmp) / "baseline", fold=False
+                )
             records = []
-            for index, name in enumerate(names):
-                progress(f"variant {name}")
+            for index, name in enumerate(progress(names, "timing variant", len(names))):
                 torch.manual_seed(0)
                 record = measure_model(name, build_student(name), settings, Path(tmp) / f"variant{index}", fold=True)
                 add_speedups(record, base)

@@ -1,18 +1,19 @@
-"""Stage ``coreml_package``: Core ML packages and ONNX files of the folded student, verified.
+"""Core ML packages and ONNX files of a folded student, written and verified: the one
+implementation behind the ``coreml_package`` stage and ``clipforge export``.
 
 Writes ``image_encoder.mlpackage``, ``text_encoder.mlpackage``, ``image_encoder.onnx`` and
-``text_encoder.onnx`` (interfaces in ``export.coreml_export`` / ``export.onnx_export``).
-Each file is then verified: Core ML packages by their spec, MIL program and stored weights
-(Core ML cannot predict on Linux), ONNX files by running them in ONNX Runtime against the
-PyTorch fp32 model. A failed verification is a manifest row with ``verified`` False, so the
-quality gate stops the chain with the reason; conversion errors raise.
+``text_encoder.onnx`` (interfaces in ``export.wrappers``). Each file is then verified: Core ML
+packages by their spec, MIL program and stored weights (``export.coreml_verify``), ONNX files by
+running them in ONNX Runtime against the PyTorch fp32 model (``export.onnx_verify``). A failed
+verification is a manifest row with ``verified`` False, so the quality gate stops the chain with
+the reason; conversion errors raise.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,29 +22,14 @@ import pandas as pd
 
 from clipforge.config import CoremlPackageConfig
 from clipforge.files import path_bytes, path_sha256
-from clipforge.stage_api import StageContext, StageOutcome
-from export.coreml_export import (
-    IMAGE_INPUT,
-    OUTPUT_NAME,
-    TEXT_INPUT,
-    ImageEncoder,
-    TextEncoder,
-    expected_image_spec,
-    expected_text_spec,
-    export_image_encoder,
-    export_text_encoder,
-    verify_coreml_spec,
-    verify_coreml_weights,
-)
-from export.onnx_export import (
-    EXPORTER_ROUTE,
-    export_image_onnx,
-    export_text_onnx,
-    verify_image_onnx,
-    verify_text_onnx,
-)
+from clipforge.progress import Progress, no_progress
+from export.coreml_export import export_image_encoder, export_text_encoder
+from export.coreml_verify import expected_image_spec, expected_text_spec, verify_coreml_spec, verify_coreml_weights
+from export.onnx_export import EXPORTER_ROUTE, export_image_onnx, export_text_onnx
+from export.onnx_verify import verify_image_onnx, verify_text_onnx
 from export.reparameterize import pending_folds
-from training.models.students import STUDENT_FILE, StudentClip, load_student
+from export.wrappers import IMAGE_INPUT, OUTPUT_NAME, TEXT_INPUT, ImageEmbedder, TextEmbedder
+from training.models.students import STUDENT_FILE, StudentClip, is_folded_student, load_student
 
 T = TypeVar("T")
 
@@ -85,15 +71,11 @@ def _exporter(entry: PackageFile, cfg: CoremlPackageConfig) -> Callable[[Student
     return lambda student, path: export(student, path, opset=cfg.onnx_opset)
 
 
-def _no_progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
-    return iter(items)
-
-
 def export_package(
     student: StudentClip,
     out_dir: Path,
     cfg: CoremlPackageConfig,
-    progress: Callable[..., Any] = _no_progress,
+    progress: Progress = no_progress,
     entries: tuple[PackageFile, ...] = FILES,
 ) -> dict[str, float]:
     """Write ``entries`` (default: all four files) into ``out_dir``; return conversion seconds per file."""
@@ -114,7 +96,7 @@ def verify_file(entry: PackageFile, path: Path, student: StudentClip, cfg: Corem
     elif entry.format == "mlpackage":
         build = expected_image_spec if entry.tower == "image" else expected_text_spec
         spec_check = verify_coreml_spec(path, build(student, cfg.precision, cfg.minimum_deployment_target))
-        wrapper = ImageEncoder(student) if entry.tower == "image" else TextEncoder(student)
+        wrapper = ImageEmbedder(student) if entry.tower == "image" else TextEmbedder(student)
         weight_check = verify_coreml_weights(path, wrapper, entry.tower)
         problems += spec_check.problems + weight_check.problems
         facts.update(spec_check.facts)
@@ -144,7 +126,7 @@ def verify_package(
     out_dir: Path,
     student: StudentClip,
     cfg: CoremlPackageConfig,
-    progress: Callable[..., Any] = _no_progress,
+    progress: Progress = no_progress,
     entries: tuple[PackageFile, ...] = FILES,
 ) -> pd.DataFrame:
     """Manifest rows for ``entries`` (default: all four files) in ``out_dir``, checked against ``student``."""
@@ -167,7 +149,7 @@ def package_student(
     cfg: CoremlPackageConfig,
     *,
     formats: Iterable[str] = tuple(FORMATS),
-    progress: Callable[..., Any] = _no_progress,
+    progress: Progress = no_progress,
 ) -> PackageResult:
     """Export a folded student's files into ``out_dir``, verify each, and summarise.
 
@@ -220,11 +202,12 @@ def package_student(
 
 def load_folded_student(folder: Path) -> StudentClip:
     """The upstream folded student; refuses a folder that was not reparameterized."""
-    record = json.loads((folder / STUDENT_FILE).read_text())
-    if not record.get("reparameterized", False):
+    if not (folder / STUDENT_FILE).is_file():
+        raise FileNotFoundError(f"no {STUDENT_FILE} in {folder}: not a student folder")
+    if not is_folded_student(folder):
         raise ValueError(
-            f'{folder / STUDENT_FILE} does not say "reparameterized": true; export only folded students '
-            "(run the reparameterized_model stage first)"
+            f'{folder} holds no student whose student.json says "reparameterized": true; export only folded '
+            "students (run the reparameterized_model stage first)"
         )
     student = load_student(folder)
     left = pending_folds(student)
@@ -247,12 +230,3 @@ def interface(student: StudentClip) -> dict[str, Any]:
             "output": f"{OUTPUT_NAME}: float32 [1, {dim}] (ONNX [batch, {dim}]), L2-normalised",
         },
     }
-
-
-def run(ctx: StageContext) -> StageOutcome:
-    source = ctx.inputs["reparameterized_model"] / "model"
-    student = load_folded_student(source)
-    result = package_student(student, ctx.out_dir, ctx.params.coreml_package, progress=ctx.progress)
-    return StageOutcome(
-        manifest=result.manifest, summary={**result.summary, "source": str(source)}, metrics=result.metrics
-    )

@@ -1,14 +1,14 @@
-"""Stage ``reparameterized_model``: fold train-time branches into single convolutions.
+"""Folding train-time branches into single convolutions, and checking that nothing moved.
 
 MobileOne blocks, RepMixers, large-kernel convs and conditional positional encodings (and
 the Text-RepMixer of the MobileCLIP text encoder) train with parallel conv/BatchNorm branches
-that collapse into one convolution for inference (METHOD.md 2.8). Folding reads BatchNorm
+that collapse into one convolution for inference (docs/method.md §2.8). Folding reads BatchNorm
 *running* statistics, so it is only correct in eval mode; it runs on a copy and is checked
 by comparing the folded model's embeddings with the unfolded model's.
 
 The walk is timm's ``reparameterize_model`` (every child with ``fuse()``, ``reparameterize()``
-or ``switch_to_deploy()``), the same one ``training.models.students.load_student`` replays to rebuild
-the folded structure, so a saved folded model always reloads into the same module tree.
+or ``switch_to_deploy()``), the same one ``training.models.students.load_student`` replays to
+rebuild the folded structure, so a saved folded model always reloads into the same module tree.
 """
 
 from __future__ import annotations
@@ -19,14 +19,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 import torch
 from timm.utils import reparameterize_model
 from torch import nn
 
-from clipforge.stage_api import StageContext, StageOutcome
 from export.parity import centred_cosines
-from training.models.students import TOWERS, StudentClip, load_student, save_student
+from training.models.students import TOWERS, StudentClip
 
 FOLD_HOOKS = ("fuse", "reparameterize", "switch_to_deploy")
 # Attributes that say whether a block is folded: timm's MobileOne/RepMixer/RepCPE/large-kernel
@@ -223,60 +221,3 @@ def fold_student(model: StudentClip, pixels: torch.Tensor, tokens: torch.Tensor)
         tower: float(np.min(centred_cosines(reference[tower].numpy(), result[tower].numpy()))) for tower in reference
     }
     return folded, FoldReport(tuple(blocks), max_abs_diff(reference, result), centred, seconds, reference)
-
-
-def run(ctx: StageContext) -> StageOutcome:
-    atol = ctx.params.reparameterized_model.atol
-    source = ctx.inputs["student_model"] / "model"
-    model = load_student(source).eval()
-
-    pixels, tokens = check_inputs(model)
-    folded, report = fold_student(model, pixels, tokens)
-
-    out_model = ctx.out_dir / "model"
-    save_student(folded, out_model, reparameterized=True)
-    # The published folder must reload into the folded structure with the same outputs.
-    reloaded = load_student(out_model)
-    diff_reloaded = max_abs_diff(report.unfolded, embed(reloaded, pixels, tokens))
-
-    per_tower = report.folded_by_tower()
-    rows = [
-        {
-            "tower": tower,
-            "folded_modules": per_tower[tower],
-            "max_abs_diff": max(report.max_abs_diff[tower], diff_reloaded[tower]),
-            "folded_vs_unfolded": report.max_abs_diff[tower],
-            "reloaded_vs_unfolded": diff_reloaded[tower],
-            "centred_cosine_min": report.centred_cosine_min[tower],
-        }
-        for tower in TOWERS
-    ]
-    params_before = sum(p.numel() for p in model.parameters())
-    params_after = sum(p.numel() for p in reloaded.parameters())
-    summary = {
-        "variant": model.info.variant,
-        "pass_through": not report.blocks,
-        "note": (
-            "no train-time branches: the model passes through unchanged"
-            if not report.blocks
-            else f"folded {len(report.blocks)} train-time blocks"
-        ),
-        "notes_by_tower": report.notes(),
-        "folded_by_type": report.folded_by_type(),
-        "folded_by_tower": per_tower,
-        "atol": atol,
-        "max_abs_diff": {row["tower"]: row["max_abs_diff"] for row in rows},
-        "within_atol": all(row["max_abs_diff"] <= atol for row in rows),
-        "params_before": params_before,
-        "params_after": params_after,
-        "check_inputs": {"images": int(pixels.shape[0]), "captions": len(CHECK_CAPTIONS)},
-        "fold_seconds": round(report.seconds, 3),
-        "source": str(source),
-    }
-    metrics = {
-        "folded_modules": float(len(report.blocks)),
-        "max_abs_diff_image": rows[0]["max_abs_diff"],
-        "max_abs_diff_text": rows[1]["max_abs_diff"],
-        "fold_seconds": report.seconds,
-    }
-    return StageOutcome(manifest=pd.DataFrame(rows), summary=summary, metrics=metrics)

@@ -1,455 +1,107 @@
 """Stage ``datacomp_pool``: ingest a DataComp-format pool into normalised shards.
 
-A pool is img2dataset tars (``KEY.jpg``/``KEY.txt``/``KEY.json``, a parquet beside each tar)
-plus optional DataComp metadata parquet joined by ``uid`` (METHOD.md 2.1). The source is the
-generated pool (``source: embedded``), a local folder, or ``s3://bucket/prefix``; tars are
-read from ``<source>/shards/`` when that holds any, else from ``<source>/`` itself. From S3
-one tar (and its parquet) at a time is downloaded to a temporary folder, read and deleted,
-so disk use stays at one shard whatever the pool's size.
-
-Every sample is decoded (PIL verify + load) and resized when its long side exceeds
-``max_image_side`` (re-encoded as JPEG only then, or when it is not a JPEG). Bad samples are
-skipped, counted and listed with their reason in ``skipped.parquet``; they never stop the
-stage. An empty caption is not a skip: DataComp has them and the filter judges them.
-Output layout: docs/stages.md, ``datacomp_pool``.
+The source (``datacomp_pool.source``) is the generated pool (``embedded``: the
+``embedded_corpus`` stage's ``pool/``), a local folder, or ``s3://bucket/prefix``, listed by
+``pipelines.pool.source``; each sample is validated and normalised by ``pipelines.pool.ingest``.
+Bad samples are skipped, counted and listed with their reason in ``skipped.parquet``; they
+never stop the stage. Output layout: docs/stages.md, ``datacomp_pool``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import json
-import math
-import re
-import tempfile
-import warnings
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-from PIL import Image
 
-from clipforge import lake
 from clipforge.config import Params
-from clipforge.quality import POOL_COLUMNS
+from clipforge.gates.rules import SHA256, Rule, Suite, between, non_empty_text, positive, regex
+from clipforge.lake import Lake
 from clipforge.stage_api import StageContext, StageOutcome
-from pipelines.shards import Sample
-from training.data.tar_shards import IMAGE_EXTS, ShardWriter, TarGroup, iter_tar_groups
+from pipelines.pool.ingest import SKIP_REASONS, IngestState, ingest_tar, shard_uid_index
+from pipelines.pool.source import PoolFiles, PoolSourceError, classify, list_tars, load_metadata, open_source
+from training.data.embedded_layout import POOL_DIR
+from training.data.tar_shards import ShardWriter
 
 SHARDS_DIR = "shards"
 SKIPPED_FILE = "skipped.parquet"
-JPEG_QUALITY = 95
+EMBEDDED_SOURCE = "embedded"  # datacomp_pool.source naming the embedded_corpus stage's pool
 
-# Why a sample was not ingested (skipped.parquet's ``reason``), in the order they are tested.
-UNREADABLE_TAR = "unreadable_tar"  # the file is no tar at all: nothing could be read
-TRUNCATED_TAR = "truncated_tar"  # the tar is cut short; complete samples before the cut are kept
-MISSING_IMAGE = "missing_jpg"
-MISSING_TXT = "missing_txt"
-MISSING_JSON = "missing_json"
-CORRUPT_JSON = "corrupt_json"
-NON_UTF8_CAPTION = "non_utf8_caption"
-MISSING_UID = "missing_uid"
-INVALID_UID = "invalid_uid"  # not usable as a webdataset key (DataComp uids are 32 hex chars)
-CORRUPT_IMAGE = "corrupt_image"
-IMAGE_TOO_LARGE = "image_too_large"  # PIL's decompression-bomb guard
-DUPLICATE_UID = "duplicate_uid"  # a later copy of a uid already ingested (the first is kept)
-SKIP_REASONS: tuple[str, ...] = (
-    UNREADABLE_TAR,
-    TRUNCATED_TAR,
-    MISSING_IMAGE,
-    MISSING_TXT,
-    MISSING_JSON,
-    CORRUPT_JSON,
-    NON_UTF8_CAPTION,
-    MISSING_UID,
-    INVALID_UID,
-    CORRUPT_IMAGE,
-    IMAGE_TOO_LARGE,
-    DUPLICATE_UID,
-)
-
-_UID = re.compile(r"^[0-9A-Za-z_-]{1,128}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-METADATA_COLUMNS: tuple[str, ...] = (
+# The manifest columns of a pool sample, in order: datacomp_pool writes them, filtered_pool
+# keeps them (and adds its own), and both gates require them.
+POOL_COLUMNS: tuple[str, ...] = (
+    "uid",
+    "key",
+    "shard",
     "url",
+    "text",
+    "width",
+    "height",
     "original_width",
     "original_height",
     "sha256",
     "clip_b32_similarity_score",
     "clip_l14_similarity_score",
 )
+# NaN where the pool's metadata gives no score.
+POOL_SCORE_COLUMNS = frozenset({"clip_b32_similarity_score", "clip_l14_similarity_score"})
 MANIFEST_COLUMNS: tuple[str, ...] = (
     *POOL_COLUMNS,
     # Where the sample came from, relative to the source root (same for local and S3).
     "source_shard",
     "source_key",
 )
+# A pool where fewer than this fraction of samples carry a caption is broken upstream (a bad
+# parquet join, a wrong column): filtering would silently drop everything. DataComp pools
+# have some empty alt-texts, so the gate allows them up to this point.
+POOL_MIN_CAPTIONED_FRACTION = 0.5
 
 
-class PoolSourceError(FileNotFoundError):
-    """The configured pool source is missing or holds no shards."""
+def pool_rules() -> tuple[Rule, ...]:
+    """Rules every pool-sample manifest obeys (datacomp_pool's and filtered_pool's)."""
+    return (
+        *(positive(c) for c in ("width", "height", "original_width", "original_height")),
+        *(between(c, -1, 1) for c in sorted(POOL_SCORE_COLUMNS)),
+        regex("sha256", SHA256, "sha256 is 64 lowercase hex chars"),
+    )
 
 
-# ----------------------------------------------------------------------------- sources
+def quality_suite(params: Params) -> Suite:
+    return Suite(
+        required=POOL_COLUMNS,
+        nullable=POOL_SCORE_COLUMNS,
+        unique=(("uid",),),
+        rules=(*pool_rules(), non_empty_text("text", mostly=POOL_MIN_CAPTIONED_FRACTION)),
+    )
 
 
-@dataclass(frozen=True)
-class SourceFile:
-    # Path relative to the source root, "/"-separated: "shards/00000000.tar".
-    name: str
-    # Local path, or the S3 key.
-    location: str
+def pool_tars(params: Params, lake: Lake) -> tuple[str, list[str]]:
+    """(where, tar names) of the pool this stage would ingest, without reading any shard.
 
-
-@dataclass
-class PoolSource:
-    """Where the pool's files are, and how to get one onto local disk."""
-
-    description: str
-    tars: list[SourceFile]
-    metadata: list[SourceFile]
-    # Per-shard parquet beside each tar, by the tar's name (img2dataset writes one).
-    shard_parquets: dict[str, SourceFile] = field(default_factory=dict)
-    s3_bucket: str | None = None
-    s3_client: Any = None
-
-    @contextlib.contextmanager
-    def local_copy(self, item: SourceFile) -> Iterator[Path]:
-        """A local path to ``item``; S3 objects are downloaded and deleted after use."""
-        if self.s3_client is None:
-            yield Path(item.location)
-            return
-        assert self.s3_bucket is not None
-        with tempfile.TemporaryDirectory(prefix="clipforge-ingest-") as tmp:
-            dest = Path(tmp) / PurePosixPath(item.name).name
-            lake.s3_download(self.s3_client, self.s3_bucket, item.location, dest)
-            yield dest
-
-
-def _classify(names: list[str]) -> tuple[list[str], list[str], dict[str, str]]:
-    """Split relative file names into (tars, metadata parquets, {tar: its shard parquet})."""
-    in_shards = sorted(n for n in names if n.startswith(f"{SHARDS_DIR}/") and n.count("/") == 1)
-    at_root = sorted(n for n in names if "/" not in n)
-    tars = [n for n in in_shards if n.endswith(".tar")] or [n for n in at_root if n.endswith(".tar")]
-    stems = {n[: -len(".tar")] for n in tars}
-    present = set(names)
-    shard_parquets = {f"{s}.tar": f"{s}.parquet" for s in sorted(stems) if f"{s}.parquet" in present}
-    candidates = [n for n in at_root if n.endswith(".parquet")]
-    candidates += sorted(n for n in names if n.startswith("metadata/") and n.endswith(".parquet"))
-    metadata = [n for n in candidates if n[: -len(".parquet")] not in stems]
-    return tars, metadata, shard_parquets
-
-
-def open_source(source: str, params: Params, embedded_pool: Path | None = None) -> PoolSource:
-    """List a pool's tars and metadata; a missing or empty source raises naming it."""
-    if source == "embedded":
-        if embedded_pool is None:
-            raise PoolSourceError("datacomp_pool.source is 'embedded' but no embedded_corpus input was given")
-        source = str(embedded_pool)
-    if source.startswith("s3://"):
-        loc = lake.S3Location.parse(source)
-        client = lake.s3_client(params.lake.endpoint_url, params.lake.region)
-        try:
-            listing = lake.s3_list(client, loc)
-        except lake.StorageError as err:
-            raise lake.StorageError(f"datacomp_pool source {source}: {err}") from err
-        prefix = f"{loc.key}/" if loc.key else ""
-        by_name = {key[len(prefix) :]: key for key, _ in listing}
-        tars, metadata, shard_parquets = _classify(list(by_name))
-        where = f"{loc.uri.rstrip('/')}/"
-        result = PoolSource(
-            description=source,
-            tars=[SourceFile(n, by_name[n]) for n in tars],
-            metadata=[SourceFile(n, by_name[n]) for n in metadata],
-            shard_parquets={t: SourceFile(p, by_name[p]) for t, p in shard_parquets.items()},
-            s3_bucket=loc.bucket,
-            s3_client=client,
-        )
-    else:
-        root = Path(source)
-        if not root.is_dir():
-            raise PoolSourceError(f"datacomp_pool source {source!r} is not a folder (resolved: {root.resolve()})")
-        names = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
-        tars, metadata, shard_parquets = _classify(names)
-        where = f"{root}/"
-        result = PoolSource(
-            description=source,
-            tars=[SourceFile(n, str(root / n)) for n in tars],
-            metadata=[SourceFile(n, str(root / n)) for n in metadata],
-            shard_parquets={t: SourceFile(p, str(root / p)) for t, p in shard_parquets.items()},
-        )
-    if not result.tars:
-        raise PoolSourceError(
-            f"datacomp_pool source {source!r} holds no .tar shards (looked in {where}{SHARDS_DIR}/ and {where})"
-        )
-    return result
-
-
-def load_metadata(source: PoolSource) -> tuple[pd.DataFrame, list[str]]:
-    """The pool's DataComp metadata indexed by uid, and the parquet files ignored.
-
-    Several files may describe the same uid (e.g. DataComp metadata next to other per-uid
-    tables): per column, the first non-null value in file order wins. A parquet without a
-    ``uid`` column or without any DataComp column is not metadata; it is ignored and listed.
+    The Dagster sensor's view of the source, by the same listing rule as ingestion; the
+    embedded pool is read from the ``embedded_corpus`` stage's publication record.
     """
-    frames = []
-    ignored: list[str] = []
-    for item in source.metadata:
-        with source.local_copy(item) as path:
-            try:
-                frame = pd.read_parquet(path)
-            except (OSError, ValueError, pa.ArrowException) as err:
-                # Metadata carries the CLIP scores filters may rely on: refuse, don't guess.
-                raise ValueError(f"metadata parquet {item.name} in {source.description} is unreadable: {err}") from err
-        columns = [c for c in METADATA_COLUMNS if c in frame.columns]
-        if "uid" not in frame.columns or not columns:
-            ignored.append(item.name)
-            continue
-        frames.append(frame[["uid", *columns]])
-    if not frames:
-        return pd.DataFrame(columns=list(METADATA_COLUMNS), index=pd.Index([], name="uid")), ignored
-    metadata = pd.concat(frames, ignore_index=True).dropna(subset=["uid"])
-    metadata["uid"] = metadata["uid"].astype(str)
-    return metadata.groupby("uid", sort=False).first(), ignored
+    source = params.datacomp_pool.source
+    if source != EMBEDDED_SOURCE:
+        return list_tars(source, params.lake)
+    prefix = f"{POOL_DIR}/"
+    names = [name[len(prefix) :] for name in lake.published_files("embedded_corpus") if name.startswith(prefix)]
+    files: PoolFiles = classify(names)
+    return f"{lake.describe('embedded_corpus')}/{POOL_DIR}", files.tars
 
 
-# ----------------------------------------------------------------------------- samples
-
-
-class SkipSample(Exception):
-    """A sample that cannot be ingested, with the reason recorded in skipped.parquet."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.detail = detail
-
-
-def _positive_int(value: Any) -> int | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return int(number) if math.isfinite(number) and number > 0 else None
-
-
-def _float_or_nan(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _first_present(*values: Any) -> Any:
-    for value in values:
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            return value
-    return None
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """Verify then fully decode an image; raises :class:`SkipSample` when it cannot."""
-    with warnings.catch_warnings():
-        # Above PIL's pixel limit a decompression bomb is likelier than a photo: refuse it.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data)) as probe:
-                probe.verify()  # structure and checksums; the object is unusable afterwards
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise SkipSample(IMAGE_TOO_LARGE, str(err)) from err
-        except Exception as err:  # PIL raises many types (OSError, SyntaxError, ValueError...)
-            raise SkipSample(CORRUPT_IMAGE, f"{type(err).__name__}: {err}") from err
-    return image
-
-
-def normalise_image(data: bytes, max_side: int) -> tuple[bytes, tuple[int, int], tuple[int, int]]:
-    """(jpg bytes, its (width, height), the source's (width, height)), long side <= ``max_side``.
-
-    The source bytes are kept when the image is a JPEG small enough; otherwise the image is
-    resized (bicubic, aspect kept) and/or re-encoded as an RGB JPEG.
-    """
-    image = decode_image(data)
-    source_size = image.size
-    width, height = source_size
-    resize = max(width, height) > max_side
-    if not resize and image.format == "JPEG":
-        return data, source_size, source_size
-    rgb = image.convert("RGB")
-    if resize:
-        scale = max_side / max(width, height)
-        width, height = max(1, round(width * scale)), max(1, round(height * scale))
-        rgb = rgb.resize((width, height), Image.Resampling.BICUBIC)
-    out = io.BytesIO()
-    rgb.save(out, format="JPEG", quality=JPEG_QUALITY)
-    return out.getvalue(), (width, height), source_size
-
-
-@dataclass
-class Ingested:
-    sample: Sample
-    row: dict[str, Any]
-    resized: bool
-
-
-def ingest_group(
-    group: TarGroup,
-    *,
-    max_side: int,
-    metadata: pd.DataFrame,
-    uid_by_key: dict[str, str],
-) -> Ingested:
-    """Validate and normalise one sample; raises :class:`SkipSample` with the reason."""
-    image_ext = next((ext for ext in IMAGE_EXTS if ext in group.members), None)
-    if image_ext is None:
-        raise SkipSample(MISSING_IMAGE)
-    if "txt" not in group.members:
-        raise SkipSample(MISSING_TXT)
-    if "json" not in group.members:
-        raise SkipSample(MISSING_JSON)
-    try:
-        info = json.loads(group.members["json"])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SkipSample(CORRUPT_JSON, str(err)) from err
-    if not isinstance(info, dict):
-        raise SkipSample(CORRUPT_JSON, f"top level is {type(info).__name__}, not an object")
-    try:
-        caption = group.members["txt"].decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise SkipSample(NON_UTF8_CAPTION, str(err)) from err
-    uid = _first_present(info.get("uid"), uid_by_key.get(group.key))
-    if uid is None or str(uid).strip() == "":
-        raise SkipSample(MISSING_UID)
-    uid = str(uid)
-    if not _UID.match(uid):
-        raise SkipSample(INVALID_UID, uid[:80])
-    source_image = group.members[image_ext]
-    jpg, (width, height), (source_w, source_h) = normalise_image(source_image, max_side)
-
-    meta = metadata.loc[uid] if uid in metadata.index else pd.Series(dtype=object)
-    url = _first_present(info.get("url"), meta.get("url"))
-    original_width = _positive_int(_first_present(info.get("original_width"), meta.get("original_width")))
-    original_height = _positive_int(_first_present(info.get("original_height"), meta.get("original_height")))
-    # The pool's sha256 is of the originally downloaded bytes (not re-checkable after any
-    # resize); when it gives none, or not a well-formed digest, hash the bytes we got.
-    claimed = str(_first_present(info.get("sha256"), meta.get("sha256")) or "").strip().lower()
-    sha256 = claimed if _SHA256.match(claimed) else hashlib.sha256(source_image).hexdigest()
-    row = {
-        "uid": uid,
-        "key": uid,
-        "url": "" if url is None else str(url),  # "" when neither the sample nor metadata knows it
-        "text": caption,
-        "width": width,
-        "height": height,
-        # The pool's own record of the original size wins; img2dataset may have resized already.
-        "original_width": original_width or source_w,
-        "original_height": original_height or source_h,
-        "sha256": sha256,
-        "clip_b32_similarity_score": _float_or_nan(
-            _first_present(info.get("clip_b32_similarity_score"), meta.get("clip_b32_similarity_score"))
-        ),
-        "clip_l14_similarity_score": _float_or_nan(
-            _first_present(info.get("clip_l14_similarity_score"), meta.get("clip_l14_similarity_score"))
-        ),
-    }
-    out_meta = {
-        "uid": uid,
-        "url": row["url"],
-        "caption": caption,
-        "width": width,
-        "height": height,
-        "original_width": row["original_width"],
-        "original_height": row["original_height"],
-        "sha256": row["sha256"],
-    }
-    resized = (width, height) != (source_w, source_h)
-    return Ingested(Sample(key=uid, jpg=jpg, txt=caption, meta=out_meta), row, resized)
-
-
-def _shard_uid_index(path: Path) -> dict[str, str]:
-    """key -> uid from img2dataset's per-shard parquet: the fallback when a json lacks uid.
-
-    Raises when the parquet cannot be read; the caller records that and goes on without it.
-    """
-    frame = pd.read_parquet(path)
-    if not {"key", "uid"} <= set(frame.columns):
-        return {}
-    frame = frame.dropna(subset=["key", "uid"])
-    return dict(zip(frame["key"].astype(str), frame["uid"].astype(str), strict=True))
-
-
-# ----------------------------------------------------------------------------- stage
-
-
-@dataclass
-class IngestState:
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
-    seen_uids: set[str] = field(default_factory=set)
-    samples_read: int = 0
-    resized: int = 0
-    # Per-shard parquets that could not be read (only a uid fallback is lost; listed, not fatal).
-    unreadable_shard_parquets: list[str] = field(default_factory=list)
-
-    def skip(self, source: str, key: str, reason: str, detail: str = "") -> None:
-        self.skipped.append({"source": source, "key": key, "reason": reason, "detail": detail})
-
-
-def ingest_tar(
-    path: Path,
-    source_name: str,
-    writer: ShardWriter,
-    state: IngestState,
-    *,
-    max_side: int,
-    metadata: pd.DataFrame,
-    uid_by_key: dict[str, str],
-) -> None:
-    """Stream one source tar into ``writer``; every sample ends up ingested or skipped."""
-    groups_seen = 0
-    for group in iter_tar_groups(path):
-        has_sample = bool(group.members)
-        state.samples_read += int(has_sample)
-        first = groups_seen == 0
-        groups_seen += 1
-        if group.cut is not None and not _is_whole(group):
-            # Nothing at all read from the file: it is no tar. Otherwise the tar was cut short
-            # and this (partial or absent) sample is what the cut cost.
-            reason = UNREADABLE_TAR if first and not has_sample else TRUNCATED_TAR
-            state.skip(source_name, group.key, reason, group.cut)
-            continue
-        if group.cut is not None:
-            # The sample itself is whole: keep it, and still record that the tar was cut after it.
-            state.skip(source_name, "", TRUNCATED_TAR, group.cut)
-        try:
-            result = ingest_group(group, max_side=max_side, metadata=metadata, uid_by_key=uid_by_key)
-        except SkipSample as skip:
-            state.skip(source_name, group.key, skip.reason, skip.detail)
-            continue
-        uid = result.row["uid"]
-        if uid in state.seen_uids:
-            state.skip(source_name, group.key, DUPLICATE_UID, uid)
-            continue
-        state.seen_uids.add(uid)
-        shard = writer.write(result.sample.key, result.sample.members())
-        state.rows.append({**result.row, "shard": shard, "source_shard": source_name, "source_key": group.key})
-        state.resized += int(result.resized)
-
-
-def _is_whole(group: TarGroup) -> bool:
-    return "txt" in group.members and "json" in group.members and any(e in group.members for e in IMAGE_EXTS)
+def _source_folder(ctx: StageContext) -> str:
+    source = ctx.params.datacomp_pool.source
+    if source != EMBEDDED_SOURCE:
+        return source
+    if "embedded_corpus" not in ctx.inputs:
+        raise PoolSourceError("datacomp_pool.source is 'embedded' but no embedded_corpus input was given")
+    return str(ctx.inputs["embedded_corpus"] / POOL_DIR)
 
 
 def run(ctx: StageContext) -> StageOutcome:
     cfg = ctx.params.datacomp_pool
-    embedded = ctx.inputs.get("embedded_corpus")
-    source = open_source(cfg.source, ctx.params, embedded / "pool" if embedded is not None else None)
+    source = open_source(_source_folder(ctx), ctx.params.lake)
     metadata, metadata_ignored = load_metadata(source)
     state = IngestState()
     writer = ShardWriter(ctx.out_dir / SHARDS_DIR, ctx.out_dir)
@@ -459,7 +111,7 @@ def run(ctx: StageContext) -> StageOutcome:
         if parquet is not None:
             with source.local_copy(parquet) as parquet_path:
                 try:
-                    uid_by_key = _shard_uid_index(parquet_path)
+                    uid_by_key = shard_uid_index(parquet_path)
                 except (OSError, ValueError, pa.ArrowException):
                     state.unreadable_shard_parquets.append(parquet.name)
         with source.local_copy(item) as tar_path:

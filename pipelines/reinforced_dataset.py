@@ -1,6 +1,6 @@
 """The ``reinforced_dataset`` stage: stored augmentations plus teacher-ensemble embeddings.
 
-For every filtered sample that has synthetic captions (METHOD.md 2.4-2.6):
+For every filtered sample that has synthetic captions (docs/method.md §2.4-2.6):
 
 1. draw A = ``num_augmentations`` augmentation records from a generator seeded by
    ``(seed, sha256(uid))`` only, so reruns, other shardings and other orders give the same ones;
@@ -33,15 +33,45 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipforge.config import ReinforcedDatasetConfig
-from clipforge.quality import REINFORCED_COLUMNS
-from clipforge.stage_api import StageContext, StageOutcome
+from clipforge.config import Params, ReinforcedDatasetConfig
+from clipforge.gates.rules import FINITE_BOUND, Suite, all_true, between, positive
+from clipforge.stage_api import MANIFEST_FILE, StageContext, StageOutcome
+from pipelines.filtered_pool import SHARDS_DIR as POOL_SHARDS_DIR
+from pipelines.synthetic_captions import CAPTIONS_FILE
 from training.data.augment import replay_many, sample_aug_params
-from training.data.dr_format import DR_META_FILE, DRMeta, DRSample, encode_sample
+from training.data.dr_format import DR_META_FILE, DR_SHARDS_DIR, DRMeta, DRSample, encode_sample
 from training.data.tar_shards import IMAGE_EXTS, ShardWriter, iter_tar_samples
 from training.models.open_clip_models import LoadedClip, load_teachers
 
 PREVIEW_FILE = "previews/augmentations.png"
+REINFORCED_COLUMNS: tuple[str, ...] = (
+    "uid",
+    "key",
+    "shard",
+    "num_augs",
+    "num_syn",
+    "emb_dim",
+    "embeddings_finite",
+    "image_emb_norm",
+    "text_emb_norm",
+)
+
+
+def quality_suite(params: Params) -> Suite:
+    a = params.reinforced_dataset.num_augmentations
+    s = params.synthetic_captions.num_captions
+    return Suite(
+        required=REINFORCED_COLUMNS,
+        unique=(("uid",),),
+        rules=(
+            between("num_augs", a, a, statement=f"num_augs == {a} (reinforced_dataset.num_augmentations)"),
+            between("num_syn", s, s, statement=f"num_syn == {s} (synthetic_captions.num_captions)"),
+            positive("emb_dim"),
+            all_true("embeddings_finite"),
+            between("image_emb_norm", 0, FINITE_BOUND, strict_min=True, statement="image_emb_norm is finite and > 0"),
+            between("text_emb_norm", 0, FINITE_BOUND, strict_min=True, statement="text_emb_norm is finite and > 0"),
+        ),
+    )
 
 
 def uid_seed(seed: int, uid: str) -> np.random.SeedSequence:
@@ -217,12 +247,12 @@ def run(ctx: StageContext) -> StageOutcome:
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
     teachers = load_teachers(ctx.inputs["teacher_models"], device=device)
-    captions, duplicate_caption_uids = _load_captions(ctx.inputs["synthetic_captions"] / "captions.parquet")
+    captions, duplicate_caption_uids = _load_captions(ctx.inputs["synthetic_captions"] / CAPTIONS_FILE)
     pool_dir = ctx.inputs["filtered_pool"]
-    shards_in = sorted((pool_dir / "shards").glob("*.tar"))
+    shards_in = sorted((pool_dir / POOL_SHARDS_DIR).glob("*.tar"))
     if not shards_in:
-        raise FileNotFoundError(f"filtered_pool has no shards under {pool_dir / 'shards'}")
-    pool_manifest = pool_dir / "manifest.parquet"
+        raise FileNotFoundError(f"filtered_pool has no shards under {pool_dir / POOL_SHARDS_DIR}")
+    pool_manifest = pool_dir / MANIFEST_FILE
     total = len(pd.read_parquet(pool_manifest, columns=["uid"])) if pool_manifest.is_file() else None
 
     meta = DRMeta(
@@ -234,7 +264,7 @@ def run(ctx: StageContext) -> StageOutcome:
         image_sizes=tuple(t.image_size for t in teachers),
         embedding_format=cfg.embedding_format,
     )
-    shard_dir = ctx.out_dir / "shards"
+    shard_dir = ctx.out_dir / DR_SHARDS_DIR
     shard_dir.mkdir(parents=True, exist_ok=True)
     writer = ShardWriter(shard_dir, ctx.out_dir, max_count=cfg.shard_size)
     # Samples per encoder pass: about batch_size augmented images per teacher forward.

@@ -1,4 +1,4 @@
-"""Stage ``synthetic_captions``: S CoCa captions per filtered image (METHOD.md 2.3).
+"""Stage ``synthetic_captions``: S CoCa captions per filtered image (docs/method.md §2.3).
 
 Every image of ``filtered_pool`` gets ``num_captions`` captions by nucleus sampling
 (``top_p``, temperature 1, at most ``max_length`` tokens), decoded with start/end tokens
@@ -26,8 +26,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from clipforge.stage_api import StageContext, StageOutcome
-from pipelines.shards import Sample, ShardFormatError, read_samples
+from clipforge.config import Params
+from clipforge.gates.rules import FINITE_BOUND, Suite, between
+from clipforge.stage_api import MANIFEST_FILE, StageContext, StageOutcome
+from pipelines.pool.shards import Sample, ShardFormatError, read_samples
+from pipelines.previews import image_grid
+from training.captioner_model import CAPTIONER_DIR
 from training.models.coca_sampling import generate_captions
 from training.models.open_clip_models import LoadedClip, load_model
 
@@ -36,6 +40,19 @@ SKIPPED_FILE = "skipped.parquet"
 PREVIEW_FILE = "previews/captions.png"
 PREVIEW_IMAGES = 12
 PREVIEW_SYNTHETIC = 3  # synthetic captions drawn per preview image (all S would not fit)
+
+
+def quality_suite(params: Params) -> Suite:
+    s = params.synthetic_captions.num_captions
+    return Suite(
+        required=("uid", "num_captions", "min_caption_chars", "mean_caption_words"),
+        unique=(("uid",),),
+        rules=(
+            between("num_captions", s, s, statement=f"num_captions == {s} (synthetic_captions.num_captions)"),
+            between("min_caption_chars", 0),
+            between("mean_caption_words", 0, FINITE_BOUND),
+        ),
+    )
 
 
 def caption_seed(seed: int, uid: str) -> int:
@@ -77,10 +94,10 @@ def caption_stats(captions: list[str]) -> dict[str, Any]:
 def run(ctx: StageContext) -> StageOutcome:
     cfg = ctx.params.synthetic_captions
     pool_dir = ctx.inputs["filtered_pool"]
-    manifest = pd.read_parquet(pool_dir / "manifest.parquet", columns=["uid", "shard"])
+    manifest = pd.read_parquet(pool_dir / MANIFEST_FILE, columns=["uid", "shard"])
     if manifest.empty:
         raise ValueError(f"filtered_pool at {pool_dir} has an empty manifest: nothing to caption")
-    captioner: LoadedClip = load_model(ctx.inputs["captioner_model"] / "captioner")
+    captioner: LoadedClip = load_model(ctx.inputs["captioner_model"] / CAPTIONER_DIR)
     if captioner.kind != "coca":
         raise ValueError(f"captioner_model holds a {captioner.kind!r} model, not a CoCa")
     max_length = min(cfg.max_length, captioner.context_length - 1)
@@ -134,11 +151,7 @@ def run(ctx: StageContext) -> StageOutcome:
     rows = [{"uid": uid, **caption_stats(caps)} for uid, caps in zip(uids, syn, strict=True)]
 
     previews: dict[str, str] = {}
-    try:
-        from pipelines.previews import image_grid
-    except ImportError:  # previews are optional; captions are the product
-        image_grid = None
-    if image_grid is not None and preview:
+    if preview:
         cells = [[f"web: {txt}", *syn[i][:PREVIEW_SYNTHETIC]] for i, (_, txt) in enumerate(preview)]
         image_grid([img for img, _ in preview], cells, out / PREVIEW_FILE, cols=4)
         previews["captions"] = PREVIEW_FILE

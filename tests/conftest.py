@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -11,12 +12,15 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from clipforge.config import Params, load_params
+from clipforge.config import Params
+from clipforge.params_file import load_params
 
-ROOT = Path(__file__).resolve().parents[1]
+# The repository root: tests find params.yaml, profiles/ and dvc.yaml from here.
+REPO = Path(__file__).resolve().parents[1]
 
 # Dummy credentials for moto; tests that check error messages look for these strings.
 DUMMY_ACCESS_KEY = "clipforge-test-access-key"
@@ -79,7 +83,7 @@ def moto_s3() -> Iterator[str]:
 def tiny_params_for(tmp_path: Path, overrides: list[str] | None = None) -> Params:
     """profiles/tiny.yaml with the lake and MLflow stores under ``tmp_path``."""
     return load_params(
-        ROOT / "profiles" / "tiny.yaml",
+        REPO / "profiles" / "tiny.yaml",
         [
             f"lake.root={tmp_path / 'lake'}",
             f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
@@ -92,3 +96,35 @@ def tiny_params_for(tmp_path: Path, overrides: list[str] | None = None) -> Param
 @pytest.fixture
 def tiny_params(tmp_path: Path) -> Params:
     return tiny_params_for(tmp_path)
+
+
+def stage_gate(stage: str, manifest: Any, params: Params) -> Any:
+    """The gate the runner applies to ``stage``: its module's declared suite over ``manifest``."""
+    from chain.spec import STAGES
+    from clipforge.gates import run_gate
+
+    return run_gate(stage, STAGES[stage].quality_suite(params), manifest)
+
+
+@functools.cache
+def default_params() -> Params:
+    """params.yaml itself: where every default lives (the config models have none)."""
+    return load_params(REPO / "params.yaml")
+
+
+def with_changes(config: Any, **changes: Any) -> Any:
+    """A copy of a config model with ``changes`` applied and validated (nested dicts allowed)."""
+    return type(config).model_validate({**config.model_dump(), **changes})
+
+
+def section(name: str, **changes: Any) -> Any:
+    """params.yaml's section ``name``, with ``changes``: what a test means by "the defaults, but ..."."""
+    return with_changes(getattr(default_params(), name), **changes)
+
+
+def params_with(**sections: dict[str, Any]) -> Params:
+    """params.yaml with some keys of some sections changed, validated."""
+    data = default_params().model_dump(mode="json")
+    for name, values in sections.items():
+        data[name] = {**data[name], **values}
+    return Params.model_validate(data)

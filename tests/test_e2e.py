@@ -19,12 +19,13 @@ import yaml
 from dagster import AssetKey, DagsterInstance
 
 from assets.definitions import defs
-from chain.runner import CHAIN
+from chain.spec import CHAIN
+from clipforge.params_file import load_params
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("clipforge", "pipelines", "training", "export", "dvc.yaml", ".dvcignore", "pyproject.toml")
+PROJECT_FILES = ("chain", "clipforge", "pipelines", "training", "export", "dvc.yaml", ".dvcignore", "pyproject.toml")
 
 
 def _project_copy(dst: Path, lake: Path, tiny_params: dict) -> None:
@@ -55,25 +56,15 @@ def test_whole_chain_through_dagster_then_dvc(tmp_path: Path, monkeypatch: pytes
     monkeypatch.chdir(work)  # reports/ and metrics/ land here
 
     # The tiny profile, resolved into one self-contained params file (as DVC needs it).
-    tiny = yaml.safe_load((REPO / "profiles" / "tiny.yaml").read_text())
-    base = yaml.safe_load((REPO / "params.yaml").read_text())
-    tiny.pop("base")
-    for key, value in tiny.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            merged = base[key]
-            for sub, sub_value in value.items():
-                if isinstance(sub_value, dict) and isinstance(merged.get(sub), dict):
-                    merged[sub] = {**merged[sub], **sub_value}
-                else:
-                    merged[sub] = sub_value
-        else:
-            base[key] = value
-    base["lake"] = {"root": "lake"}
-    base["mlflow"] = {
-        "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "artifact_location": str(tmp_path / "mlartifacts"),
-        "experiment": "clipforge",
-    }
+    base = load_params(
+        REPO / "profiles" / "tiny.yaml",
+        [
+            "lake.root=lake",
+            f"mlflow.tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
+            f"mlflow.artifact_location={tmp_path / 'mlartifacts'}",
+            "mlflow.experiment=clipforge",
+        ],
+    ).model_dump(mode="json")
     params_file = work / "params.yaml"
     params_file.write_text(yaml.safe_dump(base, sort_keys=False))
 

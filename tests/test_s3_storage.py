@@ -21,8 +21,9 @@ import pytest
 import torch
 
 from chain.runner import run_stage
-from clipforge.config import Params, apply_overrides
-from clipforge.lake import LATEST_POINTER, Lake
+from clipforge.config import Params
+from clipforge.lake import LATEST_POINTER, Lake, open_lake
+from clipforge.params_file import apply_overrides
 from training.models.open_clip_models import save_ensemble_index, save_model
 
 PASSED_REPORT = {"gate": {"passed": True, "checks": []}}
@@ -101,14 +102,14 @@ def test_first_two_stages_agree_on_s3_and_local_disk(
 
     results = {}
     for label, params in (("s3", s3_params), ("local", local_params)):
-        lake = Lake(params.lake)
+        lake = open_lake(params.lake)
         # Every declared input must be published: the S3 run never reads embedded_corpus.
         publish_folder(lake, "embedded_corpus", tmp_path / "corpus" if label == "local" else None)
         ingest = run_stage("datacomp_pool", params, show_progress=False, report_dir=None, track=label == "s3")
         publish_folder(lake, "teacher_models", teachers)
         filtered = run_stage("filtered_pool", params, show_progress=False, report_dir=None, track=False)
         assert ingest.gate.passed and filtered.gate.passed
-        reader = Lake(params.lake)
+        reader = open_lake(params.lake)
         results[label] = {stage: reader.stage_dir(stage) for stage in ("datacomp_pool", "filtered_pool")}
         results[label]["ingest_summary"] = ingest.summary
 

@@ -8,7 +8,7 @@ manifest with one row per task and metric (docs/stages.md).
 
 It also times the evaluated (folded) student at batch 1 on the CPU, in PyTorch and, when
 ``coreml_package`` holds them, on its ONNX files in ONNX Runtime: ``latency_*_ms`` metrics and
-a markdown table in the summary. Those figures are informative, not gated: the manifest (and
+a markdown table (the outcome's ``latency`` table). Those figures are informative, not gated: the manifest (and
 its quality gate) holds benchmark scores only.
 """
 
@@ -22,24 +22,33 @@ from typing import Any
 import pandas as pd
 import torch
 
-from clipforge.stage_api import StageContext, StageOutcome
+from clipforge.config import Params
+from clipforge.gates.rules import Suite, between, in_set
+from clipforge.registry import promote_if_better
+from clipforge.stage_api import MANIFEST_FILE, StageContext, StageOutcome
 from training.data.benchmark import TaskSpec, list_tasks, load_task
+from training.data.embedded_layout import BENCHMARK_DIR
 from training.eval.timing import example_inputs, forms_markdown, forms_record, machine_facts, onnx_towers, torch_towers
 from training.eval.zeroshot import evaluate_task
-from training.models.students import StudentClip, load_student
+from training.models.students import STAGE_MODEL_DIR, TOWERS, StudentClip, load_student
 
 METRICS_FILE = "metrics.json"
-EXPORT_SUFFIXES = (".mlpackage", ".onnx")
 CLASSIFICATION_METRICS = ("top1", "top5", "mean_per_class_recall")
 RETRIEVAL_METRICS = ("image_r1", "image_r5", "image_r10", "text_r1", "text_r5", "text_r10")
-# coreml_package's ONNX files per tower (docs/stages.md).
-ONNX_FILES = {"image": "image_encoder.onnx", "text": "text_encoder.onnx"}
 LATENCY_LABELS = {"torch": "PyTorch, folded", "onnx": "ONNX Runtime (coreml_package files)"}
+
+
+def quality_suite(params: Params) -> Suite:
+    return Suite(
+        required=("task", "kind", "metric", "value"),
+        unique=(("task", "metric"),),
+        rules=(in_set("kind", ["classification", "retrieval"]), between("value", 0, 1)),
+    )
 
 
 def benchmark_roots(ctx: StageContext) -> list[Path]:
     """The embedded benchmark first, then each extra clip_benchmark-format folder."""
-    roots = [ctx.inputs["embedded_corpus"] / "benchmark"]
+    roots = [ctx.inputs["embedded_corpus"] / BENCHMARK_DIR]
     for extra in ctx.params.evaluation.extra_benchmarks:
         path = Path(extra).expanduser()
         if not path.is_dir():
@@ -60,12 +69,14 @@ def gather_tasks(roots: list[Path]) -> list[TaskSpec]:
     return specs
 
 
-def export_files(ctx: StageContext) -> dict[str, Path]:
-    """The coreml_package files to attach to the registered version (.mlpackage folders, .onnx)."""
+def export_files(ctx: StageContext) -> pd.DataFrame:
+    """The coreml_package files (.mlpackage folders, .onnx), one row each: ``file``, ``format``,
+    ``tower`` and ``path``, read from that stage's manifest (empty without the input)."""
     folder = ctx.inputs.get("coreml_package")
     if folder is None:
-        return {}
-    return {p.name: p for p in sorted(folder.iterdir()) if p.suffix in EXPORT_SUFFIXES}
+        return pd.DataFrame(columns=["file", "format", "tower", "path"])
+    files = pd.read_parquet(folder / MANIFEST_FILE, columns=["file", "format", "tower"])
+    return files.assign(path=[folder / name for name in files["file"]])
 
 
 def aggregate(metrics: dict[str, float], kinds: dict[str, str]) -> dict[str, float]:
@@ -119,9 +130,10 @@ def measure_latency(ctx: StageContext, model: StudentClip) -> tuple[dict[str, fl
     inputs = example_inputs(model)
     forms = {"torch": torch_towers(model, inputs, warmup=cfg.latency_warmup, repeats=cfg.latency_repeats)}
     exports = export_files(ctx)
+    onnx = exports[exports["format"] == "onnx"]
+    files = dict(zip(onnx["tower"], onnx["path"], strict=True))
     onnx_skipped = None
-    if all(name in exports for name in ONNX_FILES.values()):
-        files = {tower: exports[name] for tower, name in ONNX_FILES.items()}
+    if set(files) == set(TOWERS):
         try:
             forms["onnx"] = onnx_towers(
                 files, inputs, threads=threads, warmup=cfg.latency_warmup, repeats=cfg.latency_repeats
@@ -129,7 +141,9 @@ def measure_latency(ctx: StageContext, model: StudentClip) -> tuple[dict[str, fl
         except Exception as error:  # latency is informative: an unreadable file is noted, not fatal
             onnx_skipped = f"ONNX Runtime could not run the files: {type(error).__name__}: {error}"
     else:
-        onnx_skipped = f"coreml_package lacks {' or '.join(sorted(ONNX_FILES.values()))}"
+        onnx_skipped = (
+            f"coreml_package holds no ONNX file for the {' and '.join(sorted(set(TOWERS) - set(files)))} tower"
+        )
 
     metrics: dict[str, float] = {}
     for form, prefix in (("torch", "latency"), ("onnx", "latency_onnx")):
@@ -154,19 +168,17 @@ def _promote(ctx: StageContext, model_dir: Path, metrics: dict[str, float]) -> d
         "registered_model": cfg.registered_model,
         "alias": cfg.champion_alias,
         "metric": cfg.promotion_metric,
-        "exports_attached": sorted(exports),
+        "exports_attached": sorted(exports["file"]),
     }
     if ctx.run_id is None:
         return {**base, "promoted": False, "version": None, "reason": "no MLflow run (tracking off): not registered"}
     if cfg.promotion_metric not in metrics:
         reason = f"promotion metric {cfg.promotion_metric!r} was not computed (no such task kind): not registered"
         return {**base, "promoted": False, "version": None, "reason": reason}
-    from clipforge.registry import promote_if_better
-
     decision = promote_if_better(
         run_id=ctx.run_id,
         model_dir=model_dir,
-        extra_artifacts=exports,
+        extra_artifacts=dict(zip(exports["file"], exports["path"], strict=True)),
         metrics=metrics,
         registered_model=cfg.registered_model,
         metric=cfg.promotion_metric,
@@ -177,7 +189,7 @@ def _promote(ctx: StageContext, model_dir: Path, metrics: dict[str, float]) -> d
 
 def run(ctx: StageContext) -> StageOutcome:
     cfg = ctx.params.evaluation
-    model_dir = ctx.inputs["reparameterized_model"] / "model"
+    model_dir = ctx.inputs["reparameterized_model"] / STAGE_MODEL_DIR
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_student(model_dir).eval()
     # Timed on the CPU before the model moves to the evaluation device.
@@ -245,10 +257,13 @@ def run(ctx: StageContext) -> StageOutcome:
         "device": device,
         "tasks": tasks_summary,
         "samples_skipped": sum(t["skipped"] for t in tasks_summary),
-        "metrics_table": table,
         "latency": latency,
-        "latency_table": latency_table,
         "registry": registry,
     }
     manifest = pd.DataFrame(rows, columns=["task", "kind", "metric", "value", "num_samples", "source"])
-    return StageOutcome(manifest=manifest, summary=summary, metrics=metrics)
+    return StageOutcome(
+        manifest=manifest,
+        summary=summary,
+        metrics=metrics,
+        tables={"metrics": table, "latency": latency_table},
+    )

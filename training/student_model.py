@@ -1,283 +1,47 @@
-"""``student_model`` stage: train a student with the MobileCLIP loss from stored teacher embeddings.
+"""Stage ``student_model``: train a student with the MobileCLIP loss from stored teacher embeddings.
 
-Input: the ``reinforced_dataset`` folder (``shards/*.tar`` + ``dr_meta.json``). Each step
-draws a batch of images, each with one stored augmentation replayed at the student's
-resolution, its real caption and one synthetic caption, and the teachers' stored embeddings
-of exactly those. No teacher runs here (METHOD.md 1). Outputs per docs/stages.md.
-
-Seeding: the model init and every epoch's sample order derive from ``student_model.seed``
-(an epoch's order from ``seed`` and the epoch number alone), so a run is repeatable and a
-checkpoint's (epoch, batch) position is enough to resume the data stream.
+Input: the ``reinforced_dataset`` folder (DataCompDR shards + ``dr_meta.json``), read by
+``training.data.reinforced``; the loop is ``training.trainers.student``. No teacher runs here
+(docs/method.md §1). Outputs per docs/stages.md.
 """
 
 from __future__ import annotations
 
-import math
-import random
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 
-from clipforge.config import StudentModelConfig
+from clipforge.config import Params, StudentModelConfig
 from clipforge.files import path_sha256
-from clipforge.stage_api import NullTracker, StageContext, StageOutcome, Tracker
-from training.losses import mobileclip_loss
+from clipforge.gates.rules import SHA256, Suite, finite, positive, regex, single_value
+from clipforge.stage_api import StageContext, StageOutcome
+from training.data.reinforced import ReinforcedDataset, collate
 from training.models.checkpoints import load_pretrained_student
-from training.models.students import StudentClip, build_student, is_folded_student, save_student
-from training.optim import cosine_lr, set_lr
+from training.models.students import STAGE_MODEL_DIR, StudentClip, build_student, is_folded_student, save_student
+from training.trainers.plots import save_loss_curve
+from training.trainers.student import StudentTrainResult, rng_state, seed_everything, train_student
 
-MODEL_DIR = "model"
 HISTORY_FILE = "history.parquet"
+
+
 CHECKPOINT_FILE = "checkpoint.pt"
+
+
 LOSS_CURVE = "previews/loss_curve.png"
-# The learnable temperature exp(logit_scale) is capped at 100 (METHOD.md 2.7).
-MAX_LOGIT_SCALE = math.log(100.0)
-# Keys a batch must carry (the reinforced data loader's item layout); *_syn only when
-# synthetic captions are used.
-BATCH_KEYS = ("pixels", "tokens_real", "t_img", "t_txt_real")
-SYN_KEYS = ("tokens_syn", "t_txt_syn")
-
-ProgressFn = Callable[[Iterator[int], str, int], Iterator[int]]
 
 
-@dataclass
-class TrainResult:
-    history: pd.DataFrame  # one row per step: step, epoch, loss, loss_clip, loss_distill, lr, ...
-    optimizer: torch.optim.Optimizer
-    steps: int
-    epoch: int  # epoch of the last step (0-based)
-    batch_in_epoch: int  # batches of that epoch consumed, for resuming the data stream
-    batch_size: int
-    train_seconds: float
-    samples_per_second: float
-    final_loss: float
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no decay on biases, norm weights, the logit scale and embeddings.
-
-    Every parameter of rank < 2 is a bias, a norm gain, a class token or the logit scale;
-    token and positional embeddings are matrices, so they are excluded by name.
-    """
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim < 2 or "embedding" in name or "logit_scale" in name:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
-def _epoch_loader(
-    dataset: Dataset, batch_size: int, seed: int, epoch: int, collate: Callable, num_workers: int
-) -> DataLoader:
-    # The order depends only on (seed, epoch): resuming at an epoch replays the same order.
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=RandomSampler(dataset, generator=generator),
-        drop_last=True,  # a contrastive batch must be full: every step sees B x B logits
-        collate_fn=collate,
-        num_workers=num_workers,
+def quality_suite(params: Params) -> Suite:
+    return Suite(
+        required=("artifact", "bytes", "sha256", "final_loss"),
+        unique=(("artifact",),),
+        rules=(
+            positive("bytes"),
+            regex("sha256", SHA256, "sha256 is 64 lowercase hex chars"),
+            finite("final_loss"),
+            single_value("final_loss"),
+        ),
     )
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG the trainer touches, for the checkpoint (exact resume restores these).
-
-    Only tuples, ints, floats, strings and tensors, so ``torch.load(weights_only=True)`` reads
-    the checkpoint: numpy's MT19937 key (624 uint32) is stored as an int64 tensor.
-    """
-    kind, key, position, has_gauss, cached_gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(position), int(has_gauss), float(cached_gauss)),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`rng_state`."""
-    random.setstate(state["python"])
-    kind, key, position, has_gauss, cached_gauss = state["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def train_student(
-    model: StudentClip,
-    dataset: Dataset,
-    cfg: StudentModelConfig,
-    teacher_dims: Sequence[int],
-    teacher_scales: Sequence[float],
-    *,
-    collate: Callable | None = None,
-    tracker: Tracker | None = None,
-    progress: ProgressFn | None = None,
-    device: torch.device | None = None,
-) -> TrainResult:
-    """Run ``cfg.steps`` optimisation steps of the MobileCLIP loss; the model trains in place.
-
-    ``dataset`` items: ``pixels`` [3, S, S] in [0, 1], ``tokens_real`` / ``tokens_syn`` [L],
-    ``t_img`` / ``t_txt_real`` / ``t_txt_syn`` [sum D_k]; it may have ``set_epoch(e)`` to pick
-    each epoch's stored augmentation and synthetic caption.
-    """
-    tracker = tracker or NullTracker()
-    collate = collate or default_collate
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    n = len(dataset)
-    if n < 2:
-        raise ValueError(f"the reinforced dataset holds {n} usable samples; a contrastive batch needs at least 2")
-    if cfg.steps < 1:
-        raise ValueError(f"student_model.steps must be >= 1, got {cfg.steps}")
-    # A dataset smaller than the configured batch trains on full-dataset batches (reported).
-    batch_size = min(cfg.batch_size, n)
-
-    model.to(device).train()
-    # eps 1e-6 as open_clip uses for ViT towers: 1e-8 lets rarely-updated rows take huge steps.
-    optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-6
-    )
-    # bf16 autocast only on CUDA; on CPU fp32 is faster than emulated bf16 here.
-    use_amp = device.type == "cuda"
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def batches() -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
-        epoch = 0
-        while True:
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            loader = _epoch_loader(dataset, batch_size, cfg.seed, epoch, collate, cfg.num_workers)
-            for index, batch in enumerate(loader):
-                yield epoch, index + 1, batch
-            epoch += 1
-
-    rows: list[dict[str, float]] = []
-    stream = batches()
-    steps_iter = iter(range(cfg.steps))
-    if progress is not None:
-        steps_iter = progress(steps_iter, "train steps", cfg.steps)
-    epoch = batch_in_epoch = 0
-    started = time.perf_counter()
-    for step in steps_iter:
-        epoch, batch_in_epoch, batch = next(stream)
-        required = BATCH_KEYS + SYN_KEYS if cfg.use_synthetic_captions else BATCH_KEYS
-        missing = [k for k in required if k not in batch]
-        if missing:
-            raise KeyError(f"reinforced batch lacks {missing}")
-        lr = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr)
-        set_lr(optimizer, lr)
-        pixels = batch["pixels"].to(device, non_blocking=True)
-        t_img = batch["t_img"].to(device)
-        t_real = batch["t_txt_real"].to(device)
-        tokens = batch["tokens_real"]
-        if cfg.use_synthetic_captions:
-            # One text pass over real and synthetic captions together: [2B, L].
-            tokens = torch.cat([tokens, batch["tokens_syn"]])
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            s_img = model.encode_image(pixels)  # [B, D]
-            s_txt = model.encode_text(tokens.to(device))  # [B or 2B, D]
-        scale = model.logit_scale.exp().clamp(max=100.0)
-        if cfg.use_synthetic_captions:
-            s_real, s_syn = s_txt.split(pixels.shape[0])
-            t_syn = batch["t_txt_syn"].to(device)
-        else:
-            s_real, s_syn, t_syn = s_txt, None, None
-        out = mobileclip_loss(
-            s_img, s_real, s_syn, scale, t_img, t_real, t_syn, teacher_dims, teacher_scales, cfg.distill_lambda
-        )
-        loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # max_norm=inf measures the norm without clipping when clipping is off.
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
-
-        row = {
-            "step": step + 1,
-            "epoch": epoch,
-            "loss": loss.item(),
-            "loss_clip": out["loss_clip"].item(),
-            "loss_distill": out["loss_distill"].item(),
-            "lr": lr,
-            "logit_scale": float(model.logit_scale.detach().exp()),
-            "grad_norm": grad_norm,
-        }
-        rows.append(row)
-        if (step + 1) % max(cfg.log_every, 1) == 0 or step + 1 == cfg.steps:
-            tracker.log_metrics(
-                {k: row[k] for k in ("loss", "loss_clip", "loss_distill", "lr", "logit_scale")}, step + 1
-            )
-    train_seconds = time.perf_counter() - started
-
-    history = pd.DataFrame(rows)
-    # Final loss: mean over the last logging window, less noisy than the last batch alone.
-    window = max(1, min(cfg.log_every, len(history)))
-    return TrainResult(
-        history=history,
-        optimizer=optimizer,
-        steps=cfg.steps,
-        epoch=epoch,
-        batch_in_epoch=batch_in_epoch,
-        batch_size=batch_size,
-        train_seconds=train_seconds,
-        samples_per_second=cfg.steps * batch_size / max(train_seconds, 1e-9),
-        final_loss=float(history["loss"].iloc[-window:].mean()),
-    )
-
-
-def save_loss_curve(history: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, (ax_loss, ax_scale) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for column in ("loss", "loss_clip", "loss_distill"):
-        ax_loss.plot(history["step"], history[column], label=column, linewidth=1)
-    ax_loss.set_xlabel("step")
-    ax_loss.set_title("student loss")
-    ax_loss.legend()
-    ax_scale.plot(history["step"], history["logit_scale"], color="tab:purple", label="logit scale")
-    ax_scale.set_xlabel("step")
-    ax_scale.set_ylabel("logit scale (solid)")
-    ax_scale.set_title("logit scale / learning rate")
-    ax_lr = ax_scale.twinx()
-    ax_lr.plot(history["step"], history["lr"], color="tab:gray", linestyle="--", label="lr")
-    ax_lr.set_ylabel("learning rate (dashed)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def artifact_manifest(out_dir: Path, final_loss: float) -> pd.DataFrame:
@@ -295,10 +59,10 @@ def artifact_manifest(out_dir: Path, final_loss: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["artifact", "bytes", "sha256", "final_loss"])
 
 
-def save_outputs(model: StudentClip, result: TrainResult, cfg: StudentModelConfig, out_dir: Path) -> None:
+def save_outputs(model: StudentClip, result: StudentTrainResult, cfg: StudentModelConfig, out_dir: Path) -> None:
     """model/, history.parquet, checkpoint.pt, previews/loss_curve.png under ``out_dir``."""
     model = model.cpu().eval()
-    save_student(model, out_dir / MODEL_DIR)
+    save_student(model, out_dir / STAGE_MODEL_DIR)
     result.history.to_parquet(out_dir / HISTORY_FILE, index=False)
     torch.save(
         {
@@ -314,14 +78,6 @@ def save_outputs(model: StudentClip, result: TrainResult, cfg: StudentModelConfi
         out_dir / CHECKPOINT_FILE,
     )
     save_loss_curve(result.history, out_dir / LOSS_CURVE)
-
-
-def _open_reinforced(folder: Path, tokenizer: Callable, image_size: int, seed: int) -> tuple[Any, Any, Callable]:
-    """(dataset, DRMeta, collate) from a published ``reinforced_dataset`` folder."""
-    from training.data.reinforced import ReinforcedDataset, collate
-
-    dataset = ReinforcedDataset.from_stage_dir(folder, tokenizer, image_size, seed)
-    return dataset, dataset.meta, collate
 
 
 def initial_student(cfg: StudentModelConfig) -> StudentClip:
@@ -340,13 +96,14 @@ def initial_student(cfg: StudentModelConfig) -> StudentClip:
 def run(ctx: StageContext) -> StageOutcome:
     cfg = ctx.params.student_model
     folder = ctx.inputs["reinforced_dataset"]
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     model = initial_student(cfg)
     if model.info.image_size != cfg.image_size:
         raise ValueError(
             f"student_model.image_size={cfg.image_size} but variant {cfg.model!r} takes {model.info.image_size} px"
         )
-    dataset, meta, collate = _open_reinforced(folder, model.tokenizer(), cfg.image_size, cfg.seed)
+    dataset = ReinforcedDataset.from_stage_dir(folder, model.tokenizer(), cfg.image_size, cfg.seed)
+    meta = dataset.meta
     teacher_dims = list(meta.teacher_dims)
     teacher_scales = list(meta.logit_scales)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -363,7 +120,7 @@ def run(ctx: StageContext) -> StageOutcome:
         device=device,
     )
     save_outputs(model, result, cfg, ctx.out_dir)
-    ctx.tracker.log_artifact(ctx.out_dir / MODEL_DIR, MODEL_DIR)
+    ctx.tracker.log_artifact(ctx.out_dir / STAGE_MODEL_DIR, STAGE_MODEL_DIR)
 
     # Samples the loader could not use, by reason (counted, never silently dropped).
     skipped: dict[str, int] = dict(getattr(dataset, "skipped", {}))

@@ -15,11 +15,11 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance
 
 from assets.definitions import defs
 from assets.stage_assets import GATE_CHECK
-from chain.runner import CHAIN
-from clipforge.config import load_params
+from chain.spec import CHAIN
+from clipforge.params_file import load_params
 from pipelines.embedded_corpus import generate_pool
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 EMPTY_CAPTIONS_REASON = "datacomp_pool: column 'text': 100.0% of captions are empty (expected at most 50%)"
 
 

@@ -25,13 +25,15 @@ from PIL import Image
 
 from assets.definitions import defs
 from assets.resources import PARAMS_ENV, ClipforgeResource, default_resource
-from assets.sensors import list_pool_shards, new_pool_shards
+from assets.sensors import new_pool_shards
 from assets.stage_assets import GATE_CHECK, GROUP, gate_check_result, report_metadata
-from chain.runner import CHAIN, StageReport
-from clipforge.lake import Lake, s3_client
-from clipforge.stage_api import GateResult
-
-REPO = Path(__file__).resolve().parents[2]
+from chain.runner import StageReport
+from chain.spec import CHAIN
+from clipforge.gates.result import GateResult
+from clipforge.lake import open_lake
+from clipforge.lake.s3 import s3_client
+from pipelines.datacomp_pool import pool_tars
+from tests.conftest import REPO
 
 
 def test_definitions_load() -> None:
@@ -115,13 +117,20 @@ def test_sensor_requests_a_run_when_local_shards_change(tmp_path: Path) -> None:
 
 
 def test_sensor_embedded_pool_lives_in_the_lake(tmp_path: Path) -> None:
-    lake = tmp_path / "lake"
-    params_file = _params_file(tmp_path, lake={"root": str(lake)})
-    _write_tar(lake / "embedded_corpus" / "pool" / "shards" / "00000000.tar", ["k.jpg"])
-    _write_tar(lake / "embedded_corpus" / "teacher_corpus" / "shards" / "00000.tar", ["k.jpg"])  # not the pool
+    params_file = _params_file(tmp_path, lake={"root": str(tmp_path / "lake")})
+    params = ClipforgeResource(params_file=str(params_file)).load()
+    lake = open_lake(params.lake)
+    # Written but not published (no record): the sensor sees nothing yet.
+    _write_tar(tmp_path / "lake" / "embedded_corpus" / "pool" / "shards" / "00000000.tar", ["k.jpg"])
+    result, _ = _tick(params_file, None)
+    assert isinstance(result, SkipReason)
+    with lake.publish("embedded_corpus") as out:
+        _write_tar(out / "pool" / "shards" / "00000000.tar", ["k.jpg"])
+        _write_tar(out / "teacher_corpus" / "shards" / "00000.tar", ["k.jpg"])  # not the pool
     result, _ = _tick(params_file, None)
     assert isinstance(result, RunRequest)
     assert result.tags["clipforge/pool_shards"] == "1"
+    assert pool_tars(params, lake) == (f"{tmp_path / 'lake' / 'embedded_corpus'}/pool", ["shards/00000000.tar"])
 
 
 def test_sensor_lists_s3_pool(tmp_path: Path, moto_s3: str) -> None:
@@ -135,8 +144,9 @@ def test_sensor_lists_s3_pool(tmp_path: Path, moto_s3: str) -> None:
         datacomp_pool={"source": "s3://pool-bucket/pool"},
     )
     resource = ClipforgeResource(params_file=str(params_file))
-    where, names = list_pool_shards(resource.load())
-    assert where == "s3://pool-bucket/pool"
+    params = resource.load()
+    where, names = pool_tars(params, open_lake(params.lake))
+    assert where == "s3://pool-bucket/pool/"
     assert names == ["shards/00000.tar", "shards/00001.tar"]
 
 
@@ -144,14 +154,14 @@ def test_sensor_embedded_pool_in_an_s3_lake(tmp_path: Path, moto_s3: str) -> Non
     s3_client(moto_s3).create_bucket(Bucket="lake-bucket")
     lake_cfg = {"root": "s3://lake-bucket/lake", "endpoint_url": moto_s3}
     params = ClipforgeResource(params_file=str(_params_file(tmp_path, lake=lake_cfg))).load()
-    where, names = list_pool_shards(params)
+    lake = open_lake(params.lake, cache_dir=tmp_path / "cache")
+    where, names = pool_tars(params, lake)
     assert names == []  # embedded_corpus not published yet
-    lake = Lake(params.lake, cache_dir=tmp_path / "cache")
     with lake.publish("embedded_corpus") as out:
         _write_tar(out / "pool" / "shards" / "00000000.tar", ["k.jpg"])
         _write_tar(out / "teacher_corpus" / "shards" / "00000.tar", ["k.jpg"])
-    where, names = list_pool_shards(params)
-    assert names == ["00000000.tar"]
+    where, names = pool_tars(params, lake)
+    assert names == ["shards/00000000.tar"]
     assert where.startswith("s3://lake-bucket/lake/embedded_corpus/")
 
 
@@ -169,7 +179,6 @@ def test_materialization_metadata(tmp_path: Path) -> None:
             "final_loss": 2.5,
             "skipped": {"bad": 1},
             "tasks": ["a", "b"],
-            "latency_table": "| form | image ms |\n|---|---|\n| PyTorch | 1.50 |",
         },
         metrics={"final_loss": 2.5, "seconds_per_step": 0.25},
         gate=GateResult(
@@ -178,6 +187,7 @@ def test_materialization_metadata(tmp_path: Path) -> None:
         seconds=3.21,
         mlflow_run_id="abc123",
         previews={"loss_curve": _png(tmp_path / "loss.png")},
+        tables={"latency": "| form | image ms |\n|---|---|\n| PyTorch | 1.50 |"},
         manifest_rows=3,
     )
     meta = report_metadata(report)
@@ -187,8 +197,8 @@ def test_materialization_metadata(tmp_path: Path) -> None:
     assert meta["skipped.bad"].value == 1
     assert meta["summary"].value["tasks"] == ["a", "b"]
     assert "| final_loss | 2.5 |" in meta["metrics"].value
-    assert isinstance(meta["latency_table"], MarkdownMetadataValue)
-    assert "| PyTorch | 1.50 |" in meta["latency_table"].value
+    assert isinstance(meta["table: latency"], MarkdownMetadataValue)
+    assert "| PyTorch | 1.50 |" in meta["table: latency"].value
     image = meta["preview: loss_curve"].value
     assert image.startswith("![loss_curve](data:image/png;base64,")
     assert base64.b64decode(image.split(",", 1)[1].rstrip(")")).startswith(b"\x89PNG")
@@ -221,22 +231,3 @@ def test_gate_check_result_carries_reasons() -> None:
     assert result.check_name == GATE_CHECK
     assert reason in result.metadata["reasons"].value
     assert result.metadata["failed"].value == 1
-
-
-def test_dvc_yaml_runs_the_chain() -> None:
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == [s.name for s in CHAIN]
-    for spec in CHAIN:
-        stage = stages[spec.name]
-        assert stage["cmd"] == f"clipforge {spec.name} --no-progress"
-        assert stage["params"] == list(spec.sections)
-        assert stage["outs"] == [{f"lake/{spec.name}": {"persist": False}}]
-        deps = stage["deps"]
-        assert "clipforge" in deps
-        assert {d.removeprefix("lake/") for d in deps if d.startswith("lake/")} == set(spec.inputs), spec.name
-        for dep in deps:
-            if not dep.startswith("lake/"):
-                assert (REPO / dep).exists(), f"{spec.name}: dep {dep} does not exist"
-        module = spec.entrypoint.split(":")[0].replace(".", "/") + ".py"
-        assert any(module == d or module.startswith(d.rstrip("/") + "/") for d in deps), f"{spec.name}: {module}"
-    assert stages["evaluation"]["metrics"] == [{"metrics/evaluation.json": {"cache": False}}]

@@ -1,23 +1,50 @@
-from pathlib import Path
+"""The config models: params.yaml sets every field, no model carries a default, constraints hold."""
+
+from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
+import yaml
+from pydantic import BaseModel, ValidationError
 
-from clipforge.config import apply_overrides, load_params, parse_override
+from clipforge.config import Count, Params, StudentModelConfig, fields_with_defaults
+from clipforge.params_file import load_params
+from tests.conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def test_default_params_file_validates():
-    params = load_params(ROOT / "params.yaml")
+def test_params_yaml_sets_every_field_and_validates() -> None:
+    params = load_params(REPO / "params.yaml")
     assert params.profile == "default"
     assert params.synthetic_captions.num_captions == 5
     assert params.teacher_models.mode == "bootstrap"
+    # Loading validated every field: the dump has exactly the file's keys, nothing filled in.
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params.model_dump(mode="json") == raw | {"reinforced_dataset": {**raw["reinforced_dataset"]}}
 
 
-def test_profile_overrides_its_base_and_keeps_the_rest():
-    base = load_params(ROOT / "params.yaml")
-    tiny = load_params(ROOT / "profiles" / "tiny.yaml")
+def test_no_config_model_holds_a_default() -> None:
+    assert fields_with_defaults(Params) == []
+
+
+def test_the_defaults_check_finds_a_default_anywhere_in_the_tree() -> None:
+    class Inner(BaseModel):
+        steps: Count = 3  # the kind of default that would run a value nobody sees
+
+    class Outer(BaseModel):
+        name: str
+        inner: Inner
+        maybe: Inner | None
+
+    assert fields_with_defaults(Outer) == ["inner.steps", "maybe.steps"]
+
+
+def test_a_section_cannot_be_built_from_code_defaults() -> None:
+    with pytest.raises(ValidationError, match="Field required"):
+        StudentModelConfig(steps=4)  # type: ignore[call-arg]
+
+
+def test_profile_overrides_its_base_and_keeps_the_rest() -> None:
+    base = load_params(REPO / "params.yaml")
+    tiny = load_params(REPO / "profiles" / "tiny.yaml")
     assert tiny.profile == "tiny"
     assert tiny.embedded_corpus.pool_size < base.embedded_corpus.pool_size
     # Keys the profile does not name come from the base file.
@@ -25,47 +52,30 @@ def test_profile_overrides_its_base_and_keeps_the_rest():
     assert tiny.student_model.lr == base.student_model.lr
 
 
-def test_set_overrides_are_parsed_as_yaml():
+def test_set_overrides_are_parsed_as_yaml() -> None:
     params = load_params(
-        ROOT / "params.yaml", ["student_model.steps=7", "lake.root=s3://b/p", "filtered_pool.require_english=false"]
+        REPO / "params.yaml", ["student_model.steps=7", "lake.root=s3://b/p", "filtered_pool.require_english=false"]
     )
     assert params.student_model.steps == 7
     assert params.lake.root == "s3://b/p"
     assert params.filtered_pool.require_english is False
-    assert parse_override("a.b=[1, 2]") == (["a", "b"], [1, 2])
 
 
 @pytest.mark.parametrize(
-    "bad", ["student_model.stepz=3", "synthetic_captions.num_captions=0", "student_model.distill_lambda=2"]
+    ("override", "message"),
+    [
+        (
+            "embedded_corpus.partial_caption_fraction=0.9",
+            r"--set embedded_corpus.partial_caption_fraction=0.9: embedded_corpus: .* caption fractions add up to 1.13 > 1$",
+        ),
+        ("reinforced_dataset.crop_scale=[0.9, 0.2]", "smallest crop area 0.9 is above the largest 0.2"),
+        ("reinforced_dataset.rand_augment_magnitude=31", "must be below rand_augment_bins 31"),
+        ("student_model.batch_size=1", "greater than or equal to 2"),
+        ("coreml_package.precision=int8", "'float16' or 'float32'"),
+    ],
 )
-def test_bad_values_and_typos_are_rejected(bad):
-    with pytest.raises(ValidationError):
-        load_params(ROOT / "params.yaml", [bad])
+def test_cross_field_and_range_rules(override: str, message: str) -> None:
+    from clipforge.params_file import ParamsError
 
-
-def test_override_syntax_errors_are_clear():
-    with pytest.raises(ValueError, match=r"section\.key=value"):
-        apply_overrides({}, ["no-equals-sign"])
-
-
-def test_pretrained_mode_needs_teachers(tmp_path):
-    path = tmp_path / "p.yaml"
-    path.write_text("teacher_models:\n  mode: pretrained\n")
-    with pytest.raises(ValidationError, match="teachers"):
-        load_params(path)
-
-
-def test_base_cycle_is_an_error(tmp_path):
-    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
-    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
-    with pytest.raises(ValueError, match="cycle"):
-        load_params(tmp_path / "a.yaml")
-
-
-def test_models_command_lists_every_variant_with_counts(capsys):
-    from chain.cli import main
-
-    assert main(["models"]) == 0
-    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
-    assert {"tiny-vit", "MobileCLIP-nano", "MobileCLIP-S0", "MobileCLIP-B"} <= set(lines)
-    assert lines["MobileCLIP-S0"][1:3] == ["11.41", "42.44"]
+    with pytest.raises(ParamsError, match=message):
+        load_params(REPO / "params.yaml", [override])

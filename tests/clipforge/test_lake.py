@@ -9,14 +9,15 @@ from pathlib import Path
 import boto3
 import pytest
 
-from clipforge.config import LakeConfig
 from clipforge.lake import (
     LATEST_POINTER,
     SUCCESS_MARKER,
     Lake,
     StageNotPublished,
     StorageError,
+    open_lake,
 )
+from tests.conftest import default_params, with_changes
 
 
 class Boom(RuntimeError):
@@ -33,7 +34,7 @@ def write_files(folder: Path, tag: str) -> None:
 
 
 def test_local_publish_is_complete_and_marked(tmp_path: Path) -> None:
-    lake = Lake(LakeConfig(root=str(tmp_path / "lake")))
+    lake = open_lake(with_changes(default_params().lake, root=str(tmp_path / "lake")))
     with lake.publish("stage_a") as staging:
         write_files(staging, "v1")
         assert not (tmp_path / "lake" / "stage_a").exists()  # nothing visible before the block ends
@@ -47,7 +48,7 @@ def test_local_publish_is_complete_and_marked(tmp_path: Path) -> None:
 
 
 def test_local_failure_inside_publish_leaves_nothing(tmp_path: Path) -> None:
-    lake = Lake(LakeConfig(root=str(tmp_path / "lake")))
+    lake = open_lake(with_changes(default_params().lake, root=str(tmp_path / "lake")))
     with pytest.raises(Boom), lake.publish("stage_a") as staging:
         write_files(staging, "half")
         raise Boom("the stage crashed")
@@ -59,7 +60,7 @@ def test_local_failure_inside_publish_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_local_failed_republish_keeps_the_previous_version(tmp_path: Path) -> None:
-    lake = Lake(LakeConfig(root=str(tmp_path / "lake")))
+    lake = open_lake(with_changes(default_params().lake, root=str(tmp_path / "lake")))
     with lake.publish("stage_a") as staging:
         write_files(staging, "v1")
     v1 = lake.published_version("stage_a")
@@ -81,7 +82,7 @@ def test_a_folder_without_marker_is_not_published(tmp_path: Path) -> None:
     (tmp_path / "lake" / "stage_a").mkdir(parents=True)
     (tmp_path / "lake" / "stage_a" / "data.txt").write_text("left by a crash")
     with pytest.raises(StageNotPublished, match="run it first"):
-        Lake(LakeConfig(root=str(tmp_path / "lake"))).stage_dir("stage_a")
+        open_lake(with_changes(default_params().lake, root=str(tmp_path / "lake"))).stage_dir("stage_a")
 
 
 # ----------------------------------------------------------------------------- S3 (moto)
@@ -89,7 +90,9 @@ def test_a_folder_without_marker_is_not_published(tmp_path: Path) -> None:
 
 def s3_lake(endpoint: str, bucket: str, cache: Path) -> Lake:
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-    return Lake(LakeConfig(root=f"s3://{bucket}/runs/r1", endpoint_url=endpoint), cache_dir=cache)
+    return open_lake(
+        with_changes(default_params().lake, root=f"s3://{bucket}/runs/r1", endpoint_url=endpoint), cache_dir=cache
+    )
 
 
 def test_s3_publish_then_read_through_the_pointer(tmp_path: Path, moto_s3: str) -> None:
@@ -109,7 +112,10 @@ def test_s3_publish_then_read_through_the_pointer(tmp_path: Path, moto_s3: str) 
     assert sorted(pointer["files"]) == ["data.txt", "nested/deeper/part.bin"]
 
     # A second reader (fresh cache) downloads exactly that version.
-    reader = Lake(LakeConfig(root="s3://lake-publish/runs/r1", endpoint_url=moto_s3), cache_dir=tmp_path / "cache2")
+    reader = open_lake(
+        with_changes(default_params().lake, root="s3://lake-publish/runs/r1", endpoint_url=moto_s3),
+        cache_dir=tmp_path / "cache2",
+    )
     folder = reader.stage_dir("stage_a")
     assert (folder / "data.txt").read_text() == "v1"
     assert (folder / "nested" / "deeper" / "part.bin").read_bytes() == b"v1v1v1"
@@ -126,7 +132,10 @@ def test_s3_failed_republish_keeps_the_previous_pointer(tmp_path: Path, moto_s3:
         write_files(staging, "v2")
         raise Boom("crash")
     assert lake.published_version("stage_a") == v1
-    reader = Lake(LakeConfig(root="s3://lake-republish/runs/r1", endpoint_url=moto_s3), cache_dir=tmp_path / "c2")
+    reader = open_lake(
+        with_changes(default_params().lake, root="s3://lake-republish/runs/r1", endpoint_url=moto_s3),
+        cache_dir=tmp_path / "c2",
+    )
     assert (reader.stage_dir("stage_a") / "data.txt").read_text() == "v1"
     assert not any((tmp_path / "cache" / "staging" / ".staging").iterdir())
 
@@ -135,8 +144,9 @@ def test_s3_stage_with_no_files_can_be_read(tmp_path: Path, moto_s3: str) -> Non
     lake = s3_lake(moto_s3, "lake-empty", tmp_path / "cache")
     with lake.publish("stage_a"):
         pass
-    folder = Lake(
-        LakeConfig(root="s3://lake-empty/runs/r1", endpoint_url=moto_s3), cache_dir=tmp_path / "c2"
+    folder = open_lake(
+        with_changes(default_params().lake, root="s3://lake-empty/runs/r1", endpoint_url=moto_s3),
+        cache_dir=tmp_path / "c2",
     ).stage_dir("stage_a")
     assert [p.name for p in folder.iterdir()] == [SUCCESS_MARKER]
 
@@ -157,7 +167,9 @@ def test_unreachable_endpoint_raises_storage_error_without_credentials(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret_key)
     closed = f"http://127.0.0.1:{closed_port()}"
-    lake = Lake(LakeConfig(root="s3://lake/runs/r1", endpoint_url=closed), cache_dir=tmp_path / "cache")
+    lake = open_lake(
+        with_changes(default_params().lake, root="s3://lake/runs/r1", endpoint_url=closed), cache_dir=tmp_path / "cache"
+    )
     with pytest.raises(StorageError) as read_err:
         lake.stage_dir("stage_a")
     with pytest.raises(StorageError) as write_err, lake.publish("stage_a") as staging:

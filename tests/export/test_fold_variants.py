@@ -1,4 +1,4 @@
-"""Done-when of issue 3: every MobileCLIP variant folds to its train form, image and text.
+"""Every MobileCLIP variant folds back to its train form's outputs, image and text.
 
 Each variant is built with random weights, its BatchNorms and layer scales randomised so
 every branch matters, and folded by ``export.reparameterize.fold_student`` (the stage's and
@@ -20,7 +20,7 @@ from training.models.students import build_student
 
 ATOL = 1e-4  # Done-when: max abs diff of the normalised embeddings
 MIN_CENTRED_COSINE = 0.9999
-# Every block type that trains with branches and must fold (METHOD.md 2.8).
+# Every block type that trains with branches and must fold (docs/method.md §2.8).
 MULTI_BRANCH = {
     "MobileOneBlock",
     "RepMixer",

@@ -22,21 +22,15 @@ import pytest
 import torch
 
 import clipforge
-from clipforge.config import CoremlPackageConfig
-from export.coreml_export import (
-    ImageEncoder,
-    expected_image_spec,
-    expected_text_spec,
-    export_image_encoder,
-    export_text_encoder,
-    verify_coreml_spec,
-    verify_coreml_weights,
-)
-from export.coreml_export import TextEncoder as CoremlTextEncoder
-from export.onnx_export import export_image_onnx, export_text_onnx, verify_image_onnx, verify_text_onnx
+from export.coreml_export import export_image_encoder, export_text_encoder
+from export.coreml_verify import expected_image_spec, expected_text_spec, verify_coreml_spec, verify_coreml_weights
+from export.onnx_export import export_image_onnx, export_text_onnx
+from export.onnx_verify import verify_image_onnx, verify_text_onnx
 from export.package import FILES, package_student
 from export.parity import centred_cosines, cosines
 from export.reparameterize import check_inputs, fold_student, pending_folds
+from export.wrappers import ImageEmbedder, TextEmbedder
+from tests.conftest import default_params
 from tests.fold_helpers import randomise_branches
 from training.models.mobileclip import MobileClip, TextEncoder
 from training.models.mobileclip.variants import OPENAI_MEAN, OPENAI_STD
@@ -79,7 +73,7 @@ def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     assert report.folded_by_tower()["image"] > 0 and report.folded_by_tower()["text"] > 0
     assert pending_folds(folded) == []
     out_dir = tmp_path_factory.mktemp(request.param)
-    result = package_student(folded, out_dir, CoremlPackageConfig())
+    result = package_student(folded, out_dir, default_params().coreml_package)
     return Exported(unfolded, folded, out_dir, result.manifest)
 
 
@@ -145,7 +139,7 @@ def test_coreml_packages_have_the_documented_interface(exported: Exported) -> No
 def test_stored_weights_are_the_folded_models(exported: Exported) -> None:
     # The same architecture with other weights must be told apart.
     other, _ = fold_student(_student(exported.folded.info.variant, seed=1), *check_inputs(exported.folded, 1))
-    for tower, wrapper in (("image", ImageEncoder), ("text", CoremlTextEncoder)):
+    for tower, wrapper in (("image", ImageEmbedder), ("text", TextEmbedder)):
         path = exported.out_dir / f"{tower}_encoder.mlpackage"
         check = verify_coreml_weights(path, wrapper(exported.folded), tower)
         assert check.passed and check.facts["matched_fraction"] >= 0.5, check.problems
@@ -196,7 +190,7 @@ def test_a_causal_text_tower_converts(tmp_path: Path) -> None:
     export_text_encoder(student, package)
     check = verify_coreml_spec(package, expected_text_spec(student))
     assert check.passed and check.facts["argmax_ops"] == 1, check.problems
-    assert verify_coreml_weights(package, CoremlTextEncoder(student), "text").passed
+    assert verify_coreml_weights(package, TextEmbedder(student), "text").passed
     onnx_file = tmp_path / "text_encoder.onnx"
     export_text_onnx(student, onnx_file, opset=18)
     assert verify_text_onnx(onnx_file, student, min_cosine=MIN_COSINE).passed

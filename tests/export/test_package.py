@@ -14,23 +14,18 @@ import pandas as pd
 import pytest
 import torch
 
-from clipforge.config import Params, load_params
-from clipforge.quality import run_gate
+from clipforge.config import Params
+from clipforge.params_file import load_params
 from clipforge.stage_api import StageContext
-from export.coreml_export import (
-    ImageEncoder,
-    expected_image_spec,
-    expected_text_spec,
-    verify_coreml_spec,
-    verify_coreml_weights,
-    weights_fingerprint,
-)
-from export.onnx_export import VERIFY_CAPTIONS, verify_image_onnx, verify_text_onnx
-from export.package import FILES, run, verify_package
+from export.coreml_package import run
+from export.coreml_verify import expected_image_spec, expected_text_spec, verify_coreml_spec, verify_coreml_weights
+from export.onnx_export import VERIFY_CAPTIONS
+from export.onnx_verify import verify_image_onnx, verify_text_onnx
+from export.package import FILES, verify_package
 from export.reparameterize import reparameterize
+from export.wrappers import ImageEmbedder, weights_fingerprint
+from tests.conftest import REPO, stage_gate
 from training.models.students import StudentClip, build_student, save_student
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _student(seed: int) -> StudentClip:
@@ -78,7 +73,7 @@ def test_stage_writes_and_verifies_every_file(packaged: Packaged) -> None:
     assert manifest.loc[manifest["format"] == "mlpackage", "cosine_min"].isna().all()
     # Conversion of the tiny student stays well under a minute per file.
     assert (manifest["export_seconds"] < 60).all(), manifest["export_seconds"].to_dict()
-    assert run_gate("coreml_package", packaged.manifest, packaged.params).passed
+    assert stage_gate("coreml_package", packaged.manifest, packaged.params).passed
 
 
 def test_coreml_packages_have_the_documented_interface(packaged: Packaged) -> None:
@@ -141,7 +136,7 @@ def test_a_different_model_fails_verification_without_raising(packaged: Packaged
     problems = " ".join(manifest["problems"])
     assert "stored weight tensors differ" in problems and "weights_sha256" in problems
     # The gate turns this manifest into a stop, with the reason.
-    gate = run_gate("coreml_package", manifest, packaged.params)
+    gate = stage_gate("coreml_package", manifest, packaged.params)
     assert not gate.passed and "verified" in gate.reason()
 
 
@@ -167,7 +162,7 @@ def test_corrupted_files_are_detected(packaged: Packaged, tmp_path: Path) -> Non
     middle = len(data) // 2
     data[middle : middle + 4096] = bytes(4096)
     weights.write_bytes(bytes(data))
-    scrambled = verify_coreml_weights(package, ImageEncoder(student), "image")
+    scrambled = verify_coreml_weights(package, ImageEmbedder(student), "image")
     assert not scrambled.passed and "differ" in scrambled.problems[0]
     # Truncated: the package no longer loads; reported, not raised.
     weights.write_bytes(bytes(data[: len(data) // 3]))

@@ -13,14 +13,15 @@ import torch
 from open_clip.model import CLIP
 from torch import nn
 
-from clipforge.config import load_params
+from clipforge.params_file import load_params
 from clipforge.stage_api import StageContext
-from export.reparameterize import fold_state, pending_folds, reparameterize, run
+from export.reparameterize import fold_state, pending_folds, reparameterize
+from export.reparameterized_model import run
+from tests.conftest import REPO
 from tests.fold_helpers import randomise_branches
 from training.models import students
 from training.models.students import StudentClip, StudentInfo, build_student, load_student, save_student
 
-REPO = Path(__file__).resolve().parents[2]
 FASTVIT_VARIANT = "test-fastvit-mci0"
 
 

@@ -12,12 +12,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from clipforge.config import Params, apply_overrides
+from clipforge.config import Params
 from clipforge.lake import StorageError
-from clipforge.quality import run_gate
+from clipforge.params_file import apply_overrides
 from clipforge.stage_api import StageContext, StageOutcome
 from pipelines import datacomp_pool as ingest
-from pipelines.shards import read_samples
+from pipelines.pool.shards import read_samples
+from tests.conftest import stage_gate
 from training.data.tar_shards import write_tar
 
 Members = list[tuple[str, bytes]]
@@ -170,7 +171,7 @@ def test_each_bad_kind_is_skipped_and_counted_and_good_samples_kept(tmp_path: Pa
     assert summary["shards_read"] == 3
     for shard in outcome.manifest["shard"].unique():
         assert all(s.jpg for s in read_samples(tmp_path / "out" / shard))
-    assert run_gate("datacomp_pool", outcome.manifest, tiny_params).passed
+    assert stage_gate("datacomp_pool", outcome.manifest, tiny_params).passed
 
 
 def test_tar_cut_between_members_is_detected(tmp_path: Path, tiny_params: Params) -> None:

@@ -15,14 +15,16 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from clipforge.config import EmbeddedCorpusConfig, Params
 from clipforge.stage_api import StageContext
 from pipelines import embedded_corpus as ec
-from pipelines import scenes
+from pipelines.embedded import captions, render, scenes, translations
+from pipelines.embedded.benchmark import RETRIEVAL_CAPTIONS
+from pipelines.embedded.streams import BENCHMARK_STREAM, POOL_STREAM, TEACHER_STREAM, stream_rng
+from tests.conftest import default_params, section
 from training.data.tar_shards import iter_tar_samples
 
-CFG = EmbeddedCorpusConfig(
-    seed=3, pool_size=100, teacher_corpus_size=30, benchmark_size=16, image_size=48, shard_size=40
+CFG = section(
+    "embedded_corpus", seed=3, pool_size=100, teacher_corpus_size=30, benchmark_size=16, image_size=48, shard_size=40
 )
 DATACOMP_COLUMNS = [
     "uid",
@@ -90,13 +92,17 @@ def test_benchmark_deterministic_and_independent_of_pool_size(bench_dir: Path, t
 
 
 def test_streams_differ_between_parts(pool_dir: Path, bench_dir: Path, tmp_path: Path) -> None:
-    streams = (ec.POOL_STREAM, ec.TEACHER_STREAM, ec.BENCHMARK_STREAM)
+    streams = (POOL_STREAM, TEACHER_STREAM, BENCHMARK_STREAM)
     assert len(set(streams)) == 3
-    first_draws = {tuple(ec.stream_rng(CFG.seed, s).integers(0, 2**31, size=4)) for s in streams}
+    first_draws = {tuple(stream_rng(CFG.seed, s).integers(0, 2**31, size=4)) for s in streams}
     assert len(first_draws) == 3
-    ec.generate_teacher_corpus(tmp_path, CFG)
+    ec.generate_teacher_corpus(tmp_path / "shards", CFG, relative_to=tmp_path)
     # Resizing the pool or the benchmark leaves the teacher corpus byte-identical.
-    ec.generate_teacher_corpus(tmp_path / "again", CFG.model_copy(update={"pool_size": 3, "benchmark_size": 2}))
+    ec.generate_teacher_corpus(
+        tmp_path / "again" / "shards",
+        CFG.model_copy(update={"pool_size": 3, "benchmark_size": 2}),
+        relative_to=tmp_path,
+    )
     assert _tar_bytes(tmp_path / "again") == {k: v for k, v in _tar_bytes(tmp_path).items() if "again" not in k}
     teacher_hashes = {
         hashlib.sha256(s["jpg"]).hexdigest()
@@ -208,7 +214,7 @@ def test_captions_describe_their_scene(pool_frame: pd.DataFrame) -> None:
             assert {main["shape"], scenes.SHAPE_PLURALS[main["shape"]]} & words
         elif row.caption_kind == "non_english":
             assert not words & english, row.text
-            assert row.language in scenes.LANGUAGES
+            assert row.language in translations.LANGUAGES
         elif row.caption_kind == "junk":
             assert not words & english, row.text
 
@@ -243,7 +249,7 @@ def test_fractions_over_one_raise(tmp_path: Path) -> None:
 
 
 def test_teacher_corpus_members_and_attributes(tmp_path: Path) -> None:
-    frame = ec.generate_teacher_corpus(tmp_path, CFG)
+    frame = ec.generate_teacher_corpus(tmp_path / "shards", CFG, relative_to=tmp_path)
     tars = sorted((tmp_path / "shards").glob("*.tar"))
     assert [t.name for t in tars] == ["00000.tar"]  # 30 samples, shard size 40
     samples = list(iter_tar_samples(tars[0]))
@@ -288,7 +294,7 @@ def test_benchmark_layout_is_clip_benchmark(bench_dir: Path) -> None:
         else:
             for _, s in samples:
                 captions = s["txt"].decode("utf-8").splitlines()
-                assert len(captions) == ec.RETRIEVAL_CAPTIONS == len(set(captions))
+                assert len(captions) == RETRIEVAL_CAPTIONS == len(set(captions))
     assert (bench_dir / "count" / "classnames.txt").read_text().splitlines() == ["one", "two", "three", "four"]
 
 
@@ -329,7 +335,7 @@ def test_color_labels_match_pixels(bench_dir: Path) -> None:
 def test_run_writes_everything(tmp_path: Path) -> None:
     ctx = StageContext(
         name="embedded_corpus",
-        params=Params(embedded_corpus=CFG),
+        params=default_params().model_copy(update={"embedded_corpus": CFG}),
         inputs={},
         out_dir=tmp_path,
         show_progress=False,
@@ -346,7 +352,7 @@ def test_run_writes_everything(tmp_path: Path) -> None:
     assert all((tmp_path / shard).is_file() for shard in manifest["shard"].unique())
     assert (tmp_path / "pool/metadata.parquet").is_file() and (tmp_path / "benchmark/tasks.json").is_file()
     truth = pd.read_parquet(tmp_path / ec.GROUND_TRUTH_FILE)
-    assert len(truth) == CFG.pool_size and set(truth["caption_kind"]) == set(scenes.CAPTION_KINDS)
+    assert len(truth) == CFG.pool_size and set(truth["caption_kind"]) == set(captions.CAPTION_KINDS)
     assert sum(outcome.summary["pool"]["caption_kinds"].values()) == CFG.pool_size
     assert outcome.metrics["samples_pool"] == CFG.pool_size
     assert set(outcome.previews) >= {"pool_grid", "teacher_grid"}
@@ -372,6 +378,6 @@ def test_scene_layout_inside_canvas_without_overlap() -> None:
                 for x2, y2, r2 in pts[i + 1 :]:
                     assert np.hypot(x - x2, y - y2) >= r + r2
             assert scene.background not in {scene.main.color, scene.extra.color if scene.extra else None}
-            image = scenes.render_scene(scene, width, height)
+            image = render.render_scene(scene, width, height)
             assert image.size == (width, height)
-            assert image.tobytes() == scenes.render_scene(scene, width, height).tobytes()
+            assert image.tobytes() == render.render_scene(scene, width, height).tobytes()

@@ -16,13 +16,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from clipforge.config import ClipScoreFilterConfig, FilteredPoolConfig, Params, apply_overrides
-from clipforge.quality import run_gate
+from clipforge.config import Params
+from clipforge.params_file import apply_overrides
 from clipforge.stage_api import StageContext, StageOutcome
 from pipelines import filtered_pool as filtering
 from pipelines.datacomp_pool import MANIFEST_COLUMNS
-from pipelines.english import is_english, language_evidence
-from pipelines.shards import Sample, read_samples
+from pipelines.pool.english import is_english, language_evidence
+from pipelines.pool.filters import basic_rule
+from pipelines.pool.shards import Sample, read_samples
+from tests.conftest import default_params, section, stage_gate, with_changes
 from training.data.tar_shards import ShardWriter
 from training.models.open_clip_models import load_teachers, save_ensemble_index, save_model
 
@@ -38,7 +40,7 @@ def _one_torch_thread() -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- basic rules
 
-CFG = FilteredPoolConfig(min_words=2, min_chars=5, min_image_side=48, max_aspect_ratio=3.0, require_english=True)
+CFG = section("filtered_pool", min_words=2, min_chars=5, min_image_side=48, max_aspect_ratio=3.0, require_english=True)
 
 
 @pytest.mark.parametrize(
@@ -58,12 +60,12 @@ CFG = FilteredPoolConfig(min_words=2, min_chars=5, min_image_side=48, max_aspect
     ],
 )
 def test_basic_rule_reports_the_first_failed_rule(text: str, size: tuple[int, int], rule: str | None) -> None:
-    assert filtering.basic_rule(text, size[0], size[1], CFG) == rule
+    assert basic_rule(text, size[0], size[1], CFG) == rule
 
 
 def test_english_rule_can_be_switched_off() -> None:
     cfg = CFG.model_copy(update={"require_english": False})
-    assert filtering.basic_rule("zwei rote Kreise auf blauem Hintergrund", 64, 64, cfg) is None
+    assert basic_rule("zwei rote Kreise auf blauem Hintergrund", 64, 64, cfg) is None
 
 
 # ----------------------------------------------------------------------------- English heuristic
@@ -115,27 +117,30 @@ def test_language_evidence_counts_each_side() -> None:
 
 
 def test_threshold_mode_keeps_scores_at_or_above_it() -> None:
-    cfg = ClipScoreFilterConfig(mode="threshold", threshold=0.25)
+    cfg = with_changes(default_params().filtered_pool.clip_score, mode="threshold", threshold=0.25)
     keep = filtering.select_by_clip_score(np.array([0.1, 0.25, 0.3, 0.2499]), ["a", "b", "c", "d"], cfg)
     assert keep.tolist() == [False, True, True, False]
 
 
 def test_top_fraction_keeps_the_best_and_breaks_ties_by_uid() -> None:
-    cfg = ClipScoreFilterConfig(mode="top_fraction", top_fraction=0.5)
+    cfg = with_changes(default_params().filtered_pool.clip_score, mode="top_fraction", top_fraction=0.5)
     scores = np.array([0.1, 0.5, 0.3, 0.3, 0.2])
     keep = filtering.select_by_clip_score(scores, ["e", "d", "c", "b", "a"], cfg)
     # ceil(0.5 * 5) = 3: 0.5, then the tie at 0.3 whole, in either order of reading.
     assert keep.tolist() == [False, True, True, True, False]
-    cfg = ClipScoreFilterConfig(mode="top_fraction", top_fraction=0.4)
+    cfg = with_changes(default_params().filtered_pool.clip_score, mode="top_fraction", top_fraction=0.4)
     keep = filtering.select_by_clip_score(scores, ["e", "d", "c", "b", "a"], cfg)
     assert keep.tolist() == [False, True, False, True, False]  # tie at 0.3: uid "b" before "c"
 
 
 def test_none_mode_and_full_fraction_keep_everything() -> None:
     scores = np.array([-0.5, 0.0, 0.9])
-    for cfg in (ClipScoreFilterConfig(mode="none"), ClipScoreFilterConfig(mode="top_fraction", top_fraction=1.0)):
+    for cfg in (
+        with_changes(default_params().filtered_pool.clip_score, mode="none"),
+        with_changes(default_params().filtered_pool.clip_score, mode="top_fraction", top_fraction=1.0),
+    ):
         assert filtering.select_by_clip_score(scores, ["a", "b", "c"], cfg).all()
-    assert filtering.select_by_clip_score(np.zeros(0), [], ClipScoreFilterConfig()).shape == (0,)
+    assert filtering.select_by_clip_score(np.zeros(0), [], default_params().filtered_pool.clip_score).shape == (0,)
 
 
 # ----------------------------------------------------------------------------- tiny teachers
@@ -291,7 +296,7 @@ def test_stage_drops_by_first_rule_and_keeps_the_top_fraction(
         "clip_score": 6,
     }
     assert summary["basic_filter_survivors"] == 12 and summary["kept"] == 6
-    assert run_gate("filtered_pool", manifest, tiny_params).passed
+    assert stage_gate("filtered_pool", manifest, tiny_params).passed
     for label, rel in outcome.previews.items():
         assert label in {"kept", "dropped"} and (out / rel).stat().st_size > 0
 
@@ -323,5 +328,5 @@ def test_keeping_nothing_is_an_error(tmp_path: Path, tiny_params: Params, pool_d
             pool_dir,
             teacher_dir,
             "filtered_pool.clip_score.mode=threshold",
-            "filtered_pool.clip_score.threshold=1.5",
+            "filtered_pool.clip_score.threshold=1.0",  # no image-caption cosine reaches 1
         )

@@ -17,9 +17,9 @@ import pytest
 import torch
 from PIL import Image
 
-from clipforge.config import Params
 from clipforge.stage_api import StageContext, StageOutcome
 from pipelines.reinforced_dataset import augmentations_for, run
+from tests.conftest import params_with, section
 from training.data.augment import replay_aug
 from training.data.dr_format import DRMeta, read_shard
 from training.models.open_clip_models import load_teachers, save_ensemble_index, save_model
@@ -103,8 +103,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _run(inputs: dict[str, Path], out_dir: Path, **section: object) -> StageOutcome:
-    params = Params.model_validate(
-        {
+    params = params_with(
+        **{
             "synthetic_captions": {"num_captions": NUM_SYN},
             "reinforced_dataset": {
                 "num_augmentations": NUM_AUGS,
@@ -162,7 +162,7 @@ def test_shards_hold_the_teachers_embeddings_of_the_replayed_views(
     out, _ = first
     samples = _samples(out)
     teachers = load_teachers(inputs["teacher_models"])
-    cfg = Params.model_validate({"reinforced_dataset": {"num_augmentations": NUM_AUGS, "seed": 3}}).reinforced_dataset
+    cfg = section("reinforced_dataset", num_augmentations=NUM_AUGS, seed=3)
     for k in (0, 2):
         uid = f"{k:032x}"
         sample = samples[uid]
@@ -204,7 +204,7 @@ def test_rerun_with_other_batching_sharding_and_format_gives_the_same_data(
 
 
 def test_augmentations_depend_only_on_seed_and_uid() -> None:
-    cfg = Params.model_validate({"reinforced_dataset": {"num_augmentations": 4, "seed": 3}}).reinforced_dataset
+    cfg = section("reinforced_dataset", num_augmentations=4, seed=3)
     same = augmentations_for("abc", 60, 40, cfg)
     assert same == augmentations_for("abc", 60, 40, cfg)
     assert same != augmentations_for("abd", 60, 40, cfg)

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from clipforge.stage_api import NullTracker, StageContext, StageOutcome
 from pipelines import synthetic_captions as captioning
-from pipelines.shards import Sample, ShardFormatError
+from pipelines.pool.shards import Sample, ShardFormatError
 from tests.conftest import tiny_params_for
 from training.data.tar_shards import ShardWriter
 from training.models.open_clip_models import save_model

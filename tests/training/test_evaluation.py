@@ -15,9 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from clipforge.config import MlflowConfig, Params
-from clipforge.stage_api import StageContext
+from clipforge.config import MlflowConfig
+from clipforge.stage_api import MANIFEST_FILE, StageContext
 from clipforge.tracking import configure
+from export.package import FILES
+from tests.conftest import params_with, section
 from training.evaluation import measure_latency, run
 from training.models.students import build_student, load_student, save_student
 
@@ -89,7 +91,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (package / "image_encoder.mlpackage" / "Data").mkdir(parents=True)
     (package / "image_encoder.mlpackage" / "Manifest.json").write_text("{}")
     (package / "image_encoder.onnx").write_bytes(b"onnx")
-    (package / "manifest.parquet").write_bytes(b"not attached")
+    write_package_manifest(package)
     return {
         "reparameterized_model": root / "reparameterized_model",
         "embedded_corpus": root / "embedded_corpus",
@@ -101,10 +103,16 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _ctx(tmp_path: Path, inputs: dict[str, Path], run_id: str | None = None, **evaluation: Any) -> StageContext:
     out = tmp_path / "out"
     out.mkdir(parents=True, exist_ok=True)
-    params = Params.model_validate({"evaluation": {"batch_size": 64, **evaluation}})
+    params = params_with(evaluation={"batch_size": 64, **evaluation})
     return StageContext(
         name="evaluation", params=params, inputs=inputs, out_dir=out, show_progress=False, run_id=run_id
     )
+
+
+def write_package_manifest(package: Path) -> None:
+    """coreml_package's manifest rows (file, format, tower) for the files present in ``package``."""
+    rows = [{"file": e.file, "format": e.format, "tower": e.tower} for e in FILES if (package / e.file).exists()]
+    pd.DataFrame(rows).to_parquet(package / MANIFEST_FILE, index=False)
 
 
 def test_run_without_mlflow(lake: dict[str, Path], tmp_path: Path) -> None:
@@ -130,20 +138,20 @@ def test_run_without_mlflow(lake: dict[str, Path], tmp_path: Path) -> None:
     assert set(manifest.loc[manifest.task == "caps", "kind"]) == {"retrieval"}
     assert manifest.value.between(0, 1).all()
 
-    summary = outcome.summary
+    summary, tables = outcome.summary, outcome.tables
     tasks = {t["name"]: t for t in summary["tasks"]}
     assert tasks["colour"]["samples"] == 6 and tasks["colour"]["skip_reasons"] == {"undecodable_image": 1}
     assert tasks["caps"]["captions"] == 9 and summary["samples_skipped"] == 1
-    assert "| colour |" in summary["metrics_table"] and "| caps |" in summary["metrics_table"]
+    assert "| colour |" in tables["metrics"] and "| caps |" in tables["metrics"]
     assert summary["registry"]["promoted"] is False and "no MLflow run" in summary["registry"]["reason"]
     assert summary["registry"]["exports_attached"] == ["image_encoder.mlpackage", "image_encoder.onnx"]
     assert ctx.tracker.tags["clipforge.registry.promoted"] == "false"  # type: ignore[attr-defined]
     latency = summary["latency"]
-    assert set(latency["forms"]) == {"torch"} and "text_encoder.onnx" in latency["onnx_skipped"]
+    assert set(latency["forms"]) == {"torch"} and "text tower" in latency["onnx_skipped"]
     assert metrics["latency_image_ms"] == latency["forms"]["torch"]["image"]["median_ms"]
     assert metrics["latency_text_ms"] == latency["forms"]["torch"]["text"]["median_ms"]
     assert latency["repeats"] == 10 and latency["threads"] == torch.get_num_threads()
-    assert "| PyTorch, folded |" in summary["latency_table"] and "ONNX" not in summary["latency_table"]
+    assert "| PyTorch, folded |" in tables["latency"] and "ONNX" not in tables["latency"]
     json.dumps(summary)  # the report must be JSON-able
 
 
@@ -163,6 +171,7 @@ def test_latency_of_the_packaged_onnx_files(lake: dict[str, Path], tmp_path: Pat
     package = tmp_path / "coreml_package"
     export_image_onnx(student, package / "image_encoder.onnx", opset=18)
     export_text_onnx(student, package / "text_encoder.onnx", opset=18)
+    write_package_manifest(package)
     ctx = _ctx(tmp_path, {**lake, "coreml_package": package}, latency_repeats=3, latency_warmup=1)
     outcome = run(ctx)
 
@@ -171,7 +180,7 @@ def test_latency_of_the_packaged_onnx_files(lake: dict[str, Path], tmp_path: Pat
     _assert_timings(latency["forms"], {"torch", "onnx"})
     assert latency["onnx_skipped"] is None and latency["forms"]["onnx"]["image"]["repeats"] == 3
     assert outcome.metrics["latency_onnx_text_ms"] == latency["forms"]["onnx"]["text"]["median_ms"]
-    assert "| ONNX Runtime (coreml_package files) |" in outcome.summary["latency_table"]
+    assert "| ONNX Runtime (coreml_package files) |" in outcome.tables["latency"]
     # Latency never enters the gated manifest (values in [0, 1], kinds classification/retrieval).
     assert not outcome.manifest.metric.str.startswith("latency").any()
 
@@ -181,6 +190,7 @@ def test_unreadable_onnx_files_skip_onnx_latency(lake: dict[str, Path], tmp_path
     package.mkdir()
     for name in ("image_encoder.onnx", "text_encoder.onnx"):
         (package / name).write_bytes(b"not an onnx file")
+    write_package_manifest(package)
     ctx = _ctx(tmp_path, {**lake, "coreml_package": package}, latency_repeats=2)
     metrics, summary, table = measure_latency(ctx, load_student(lake["reparameterized_model"] / "model"))
     assert set(metrics) == TORCH_LATENCY_KEYS
@@ -238,10 +248,11 @@ def test_run_registers_and_promotes(lake: dict[str, Path], tmp_path: Path, mlflo
 
 def test_run_on_generated_embedded_benchmark(lake: dict[str, Path], tmp_path: Path) -> None:
     embedded_corpus = pytest.importorskip("pipelines.embedded_corpus")
-    from clipforge.config import EmbeddedCorpusConfig
 
     corpus = tmp_path / "embedded_corpus"
-    embedded_corpus.generate_benchmark(corpus / "benchmark", EmbeddedCorpusConfig(benchmark_size=6, image_size=32))
+    embedded_corpus.generate_benchmark(
+        corpus / "benchmark", section("embedded_corpus", benchmark_size=6, image_size=32)
+    )
     inputs = {**lake, "embedded_corpus": corpus}
     outcome = run(_ctx(tmp_path, inputs))
     kinds = dict(zip(outcome.manifest.task, outcome.manifest.kind, strict=True))

@@ -16,14 +16,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from clipforge.config import Params, StudentModelConfig
 from clipforge.files import path_sha256
-from clipforge.quality import run_gate
 from clipforge.stage_api import NullTracker, StageContext
+from tests.conftest import default_params, section, stage_gate
 from training.data.augment import sample_aug_params
 from training.data.dr_format import DRMeta, DRSample, write_shard
 from training.models.students import build_student, load_student, save_student
-from training.student_model import param_groups, restore_rng_state, rng_state, run, save_outputs, train_student
+from training.optim import param_groups
+from training.student_model import rng_state, run, save_outputs, train_student
+from training.trainers.student import restore_rng_state
 
 DIMS = [8, 12]  # two stand-in teachers
 SCALES = [100.0, 50.0]
@@ -125,7 +126,9 @@ class FixedBatch(Dataset):
 
 def test_stage_run_writes_every_artifact(dr_folder: Path, tmp_path: Path) -> None:
     threads = torch.get_num_threads()
-    params = Params(student_model=StudentModelConfig(steps=3, batch_size=8, warmup_steps=1, log_every=2))
+    params = default_params().model_copy(
+        update={"student_model": section("student_model", steps=3, batch_size=8, warmup_steps=1, log_every=2)}
+    )
     tracker = NullTracker()
     out = tmp_path / "student_model"
     out.mkdir()
@@ -173,7 +176,7 @@ def test_stage_run_writes_every_artifact(dr_folder: Path, tmp_path: Path) -> Non
     assert (manifest["bytes"] > 0).all()
     assert manifest["final_loss"].nunique() == 1 and math.isfinite(manifest["final_loss"].iloc[0])
     assert all(len(h) == 64 for h in manifest["sha256"])
-    assert run_gate("student_model", manifest, params).passed
+    assert stage_gate("student_model", manifest, params).passed
 
     assert set(outcome.metrics) == {"final_loss", "steps", "samples_per_second", "train_seconds"}
     assert outcome.metrics["steps"] == 3 and outcome.metrics["samples_per_second"] > 0
@@ -193,7 +196,7 @@ def test_overfits_a_fixed_batch_and_reloads_identically(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_student("tiny-vit")
     data = FixedBatch(8)
-    cfg = StudentModelConfig(steps=30, batch_size=8, warmup_steps=3, lr=1e-3, distill_lambda=0.5, log_every=5)
+    cfg = section("student_model", steps=30, batch_size=8, warmup_steps=3, lr=1e-3, distill_lambda=0.5, log_every=5)
     result = train_student(model, data, cfg, DIMS, SCALES)
     loss = result.history["loss"].to_numpy()
     assert len(loss) == 30
@@ -217,7 +220,7 @@ def test_overfits_a_fixed_batch_and_reloads_identically(tmp_path: Path) -> None:
 def test_real_captions_only_never_touches_synthetic_ones() -> None:
     torch.manual_seed(0)
     data = FixedBatch(4, bad_syn_tokens=True)
-    cfg = StudentModelConfig(steps=2, batch_size=4, warmup_steps=1, use_synthetic_captions=False)
+    cfg = section("student_model", steps=2, batch_size=4, warmup_steps=1, use_synthetic_captions=False)
     result = train_student(build_student("tiny-vit"), data, cfg, DIMS, SCALES)
     assert np.isfinite(result.history["loss"]).all()
     with pytest.raises(IndexError):  # the same data with synthetic captions on does use them
@@ -227,7 +230,7 @@ def test_real_captions_only_never_touches_synthetic_ones() -> None:
 
 
 def test_seeded_runs_repeat_and_logit_scale_is_capped() -> None:
-    cfg = StudentModelConfig(steps=2, batch_size=4, warmup_steps=1, seed=3)
+    cfg = section("student_model", steps=2, batch_size=4, warmup_steps=1, seed=3)
     histories = []
     for _ in range(2):
         torch.manual_seed(cfg.seed)
@@ -256,7 +259,7 @@ def test_no_weight_decay_on_biases_norms_scale_and_embeddings() -> None:
 
 
 def test_too_small_dataset_is_a_clear_error() -> None:
-    cfg = StudentModelConfig(steps=1, batch_size=4)
+    cfg = section("student_model", steps=1, batch_size=4)
     with pytest.raises(ValueError, match="at least 2"):
         train_student(build_student("tiny-vit"), FixedBatch(1), cfg, DIMS, SCALES)
 
@@ -284,13 +287,13 @@ def test_rng_state_round_trips_through_a_weights_only_load(tmp_path: Path) -> No
 def test_stage_records_the_init_checkpoint_content_hash(dr_folder: Path, tmp_path: Path) -> None:
     """DVC tracks init_checkpoint as a path; the summary ties the run to the file's bytes."""
     start = tmp_path / "start"
-    save_student(build_student(StudentModelConfig().model).eval(), start)
-    cfg = StudentModelConfig(steps=1, batch_size=8, warmup_steps=1, init_checkpoint=str(start))
+    save_student(build_student(section("student_model").model).eval(), start)
+    cfg = section("student_model", steps=1, batch_size=8, warmup_steps=1, init_checkpoint=str(start))
     out = tmp_path / "student_model"
     out.mkdir()
     ctx = StageContext(
         name="student_model",
-        params=Params(student_model=cfg),
+        params=default_params().model_copy(update={"student_model": cfg}),
         inputs={"reinforced_dataset": dr_folder},
         out_dir=out,
         tracker=NullTracker(),

@@ -1,4 +1,4 @@
-"""Augmentation record and replay in Apple's compact DataCompDR format (METHOD.md 2.4).
+"""Augmentation record and replay in Apple's compact DataCompDR format (docs/method.md §2.4).
 
 One stored augmentation is ``[[i, j, h, w], [[op, magnitude], [op, magnitude]]]``:
 

@@ -1,4 +1,4 @@
-"""The DataCompDR sample and shard format (METHOD.md 2.6), read and written.
+"""The DataCompDR sample and shard format (docs/method.md §2.6), read and written.
 
 A sample is a group of webdataset tar members ``KEY.<ext>``:
 
@@ -40,6 +40,8 @@ from training.data.augment import AugParamsError, validate_params
 from training.data.tar_shards import IMAGE_EXTS, TarWriter, iter_tar_samples
 
 DR_META_FILE = "dr_meta.json"
+# A reinforced dataset folder: shards under DR_SHARDS_DIR, DR_META_FILE beside them.
+DR_SHARDS_DIR = "shards"
 EMBEDDING_FORMATS: tuple[str, ...] = ("npz", "pth.gz")
 SYN_KEY_PATTERN = re.compile(r"^syn_text")
 DEFAULT_SYN_KEY = "syn_text"
@@ -411,7 +413,7 @@ class DRMeta:
     teachers: tuple[str, ...]
     # Embedding size of each teacher, in concatenation order: columns of image_emb/text_emb.
     teacher_dims: tuple[int, ...]
-    # Fixed per-teacher scale of the distillation target (METHOD.md 2.7).
+    # Fixed per-teacher scale of the distillation target (docs/method.md §2.7).
     logit_scales: tuple[float, ...]
     num_augmentations: int
     num_captions: int

@@ -1,4 +1,4 @@
-"""The reinforced data loader the student trainer reads (METHOD.md 2.7).
+"""The reinforced data loader the student trainer reads (docs/method.md §2.7).
 
 Each item is one image with one of its stored augmentations replayed at the student's
 resolution, its real caption, one synthetic caption, and the teacher-ensemble embeddings that
@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from training.data.augment import AugParamsError, replay_aug, validate_params
-from training.data.dr_format import DR_META_FILE, DRMeta, DRSampleError, decode_sample
+from training.data.dr_format import DR_META_FILE, DR_SHARDS_DIR, DRMeta, DRSampleError, decode_sample
 from training.data.tar_shards import iter_tar_samples
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
@@ -170,9 +170,9 @@ class ReinforcedDataset(Dataset):
     def from_stage_dir(cls, folder: Path, tokenizer: Tokenizer, image_size: int, seed: int = 0) -> ReinforcedDataset:
         """All shards of a published ``reinforced_dataset`` folder, with its ``dr_meta.json``."""
         folder = Path(folder)
-        shards = sorted((folder / "shards").glob("*.tar"))
+        shards = sorted((folder / DR_SHARDS_DIR).glob("*.tar"))
         if not shards:
-            raise FileNotFoundError(f"no shards under {folder / 'shards'}")
+            raise FileNotFoundError(f"no shards under {folder / DR_SHARDS_DIR}")
         return cls(shards, tokenizer, image_size, seed, meta=DRMeta.read(folder / DR_META_FILE))
 
 

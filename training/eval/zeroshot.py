@@ -1,4 +1,4 @@
-"""Zero-shot classification and retrieval with clip_benchmark's semantics (METHOD.md 2.10).
+"""Zero-shot classification and retrieval with clip_benchmark's semantics (docs/method.md §2.10).
 
 Classification: a class's weight is the normalised mean of the normalised text embeddings
 of every template filled with the class name; logits are image embeddings times weights;

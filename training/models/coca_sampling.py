@@ -403,7 +403,7 @@ _SPACED_HYPHEN = re.compile(r"(?<=\w)\s*-\s*(?=\w)")
 
 
 def decode_caption(tokenizer: object, ids: Sequence[int]) -> str:
-    """Token ids -> caption text: special tokens stripped, cut at the first period (METHOD.md 2.3)."""
+    """Token ids -> caption text: special tokens stripped, cut at the first period (docs/method.md §2.3)."""
     text = tokenizer.decode(list(ids))  # type: ignore[attr-defined]
     text = _SPECIAL.sub(" ", text)
     text = " ".join(text.split(".", 1)[0].split())

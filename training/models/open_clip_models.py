@@ -73,7 +73,7 @@ class LoadedClip:
     std: tuple[float, float, float]
     context_length: int
     embed_dim: int
-    # Fixed scale for this model's distillation target (METHOD.md 2.7), not the learned one.
+    # Fixed scale for this model's distillation target (docs/method.md §2.7), not the learned one.
     logit_scale: float = 100.0
     extra: dict[str, Any] = field(default_factory=dict)
 

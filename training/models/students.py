@@ -2,8 +2,8 @@
 
 Every student is a :class:`StudentClip`: image pixels in [0, 1] go in (the variant's own
 mean/std normalisation happens inside, so exports take plain 1/255-scaled pixels), tokens
-go in, L2-normalised embeddings come out. The issue-3 MobileCLIP family plugs in here as
-more registry entries.
+go in, L2-normalised embeddings come out. The registry holds clipforge's open_clip ``tiny-vit``
+and every MobileCLIP variant of ``training.models.mobileclip``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from torch import nn
 from training.models.open_clip_models import fresh_model  # importing it registers clipforge's cf-* configs
 
 STUDENT_FILE = "student.json"
+# A stage that publishes a student (student_model, reparameterized_model) keeps its folder here.
+STAGE_MODEL_DIR = "model"
 WEIGHTS_FILE = "weights.pt"
 TOWERS = ("image", "text")  # a student's two encoders, in the order reports list them
 
@@ -59,7 +61,7 @@ class StudentClip(nn.Module):
         return F.normalize(self.clip.encode_text(tokens), dim=-1)
 
     def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # The learnable temperature is capped at 100 (METHOD.md 2.7).
+        # The learnable temperature is capped at 100 (docs/method.md §2.7).
         return self.encode_image(pixels), self.encode_text(tokens), self.clip.logit_scale.exp().clamp(max=100)
 
     def tokenizer(self) -> Callable[[list[str]], torch.Tensor]:

@@ -4,7 +4,7 @@ The trunk is a timm model built with ``num_classes=0``, so it ends in its pooled
 [B, C]: for FastViT/MCi that is the final MobileOne conv (C = 2x the last stage width) then
 global mean pooling; for the ViT-B/16 with conv stem (``vit_base_mci_224``) it is the class
 token after the final norm, as in Apple's and open_clip's MobileCLIP-B. The CLIP head is one
-linear projection to the embedding size without bias (METHOD.md 4); timm's own classifier
+linear projection to the embedding size without bias (docs/method.md §4); timm's own classifier
 (which has a bias) is not used.
 """
 

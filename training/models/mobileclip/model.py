@@ -10,16 +10,13 @@ name the same modules.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from training.models.mobileclip.config import MobileClipConfig
 from training.models.mobileclip.image_encoder import ImageEncoder
 from training.models.mobileclip.text_encoder import TextEncoder
-
-if TYPE_CHECKING:
-    from training.models.mobileclip.variants import MobileClipConfig
 
 
 class MobileClip(nn.Module):

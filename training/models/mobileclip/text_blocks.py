@@ -1,8 +1,8 @@
 """MCt's convolutional text blocks: Text-RepMixer, ConvFFN and the block that pairs them.
 
 A text sequence (B, L, D) is viewed as a one-row image (B, D, 1, L) so token mixing is a
-depthwise (1, k) convolution over positions (METHOD.md 4). Both train-time conv/BatchNorm
-branches fold into one depthwise convolution with bias (METHOD.md 2.8). Folding follows
+depthwise (1, k) convolution over positions (docs/method.md §4). Both train-time conv/BatchNorm
+branches fold into one depthwise convolution with bias (docs/method.md §2.8). Folding follows
 timm's convention so ``export.reparameterize`` can tell folded from unfolded blocks:
 ``reparam_conv`` is ``None`` until ``reparameterize()`` runs, then the folded conv and the
 train-time branches are gone.

@@ -2,7 +2,7 @@
 
 One module serves both: token embedding + learned positions, a stack of blocks, a final
 LayerNorm, EOT pooling (the position of the highest token id, which is the end-of-text token
-of the CLIP tokenizer) and a projection without bias (METHOD.md 4). The attention blocks are
+of the CLIP tokenizer) and a projection without bias (docs/method.md §4). The attention blocks are
 open_clip's pre-norm ``ResidualAttentionBlock`` (nn.MultiheadAttention with biases, GELU MLP),
 so the base tower has exactly the parameters of open_clip's ``TextTransformer``
 (MobileCLIP-S1/S2/B configs); MCt swaps its first and last blocks for Text-RepMixer blocks.

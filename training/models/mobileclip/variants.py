@@ -1,6 +1,6 @@
 """The MobileCLIP variant registry: ``variant_config(name)`` -> ``build_mobileclip(name)``.
 
-Variants follow METHOD.md 4 and the public configs (Apple's ml-mobileclip, open_clip's
+Variants follow docs/method.md §4 and the public configs (Apple's ml-mobileclip, open_clip's
 MobileCLIP*/MobileCLIP2* configs): S0 pairs MCi0 with the MCt text tower; S1/S2/B and every
 MobileCLIP2 variant use the base 12-layer text transformer (causal only for B). MobileCLIP v1
 and MobileCLIP2 S0/S2/B take [0, 1] pixels (mean 0, std 1); MobileCLIP2 S3/S4 use OpenAI's
@@ -17,66 +17,21 @@ Building under ``with torch.device("meta"):`` gives a weightless model for count
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
-
 import timm
 from torch import nn
 
+from training.models.mobileclip.config import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    UNIT_MEAN,
+    UNIT_STD,
+    ImageTowerConfig,
+    MobileClipConfig,
+    TextTowerConfig,
+)
 from training.models.mobileclip.image_encoder import ImageEncoder, build_fastvit_trunk, build_timm_trunk
 from training.models.mobileclip.model import MobileClip
 from training.models.mobileclip.text_encoder import TextEncoder, text_block_layout
-
-UNIT_MEAN = (0.0, 0.0, 0.0)
-UNIT_STD = (1.0, 1.0, 1.0)
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class ImageTowerConfig:
-    image_size: int
-    global_pool: str  # "avg" for MCi (mean pool), "token" for the ViT's class token
-    timm_name: str | None = None  # a registered timm model ...
-    fastvit: Mapping[str, Any] | None = None  # ... or FastVit kwargs for a custom size
-
-    def __post_init__(self) -> None:
-        if (self.timm_name is None) == (self.fastvit is None):
-            raise ValueError("an image tower needs exactly one of timm_name or fastvit")
-
-
-@dataclass(frozen=True)
-class TextTowerConfig:
-    kind: Literal["base", "mct"]
-    width: int
-    heads: int
-    transformer_layers: int  # attention blocks; MCt adds one Text-RepMixer block at each end
-    causal: bool
-    context_length: int = 77
-    vocab_size: int = 49408
-    mlp_ratio: float = 4.0
-    repmixer_kernel: int = 11
-
-
-@dataclass(frozen=True)
-class MobileClipConfig:
-    name: str
-    embed_dim: int
-    image: ImageTowerConfig
-    text: TextTowerConfig
-    mean: tuple[float, float, float]  # pixel normalisation applied before encode_image
-    std: tuple[float, float, float]
-    tokenizer: str  # open_clip get_tokenizer name (all resolve to the CLIP BPE, vocab 49408)
-    paper_params_m: tuple[float, float] | None = None  # METHOD.md 4: image, text (millions)
-
-    @property
-    def image_size(self) -> int:
-        return self.image.image_size
-
-    @property
-    def context_length(self) -> int:
-        return self.text.context_length
 
 
 def _mci(timm_name: str) -> ImageTowerConfig:
@@ -84,10 +39,19 @@ def _mci(timm_name: str) -> ImageTowerConfig:
 
 
 _VIT_B = ImageTowerConfig(image_size=224, global_pool="token", timm_name="vit_base_mci_224")
+
+
 _MCT = TextTowerConfig(kind="mct", width=512, heads=8, transformer_layers=4, causal=False)
+
+
 _BASE = TextTowerConfig(kind="base", width=512, heads=8, transformer_layers=12, causal=False)
+
+
 _BASE_CAUSAL = TextTowerConfig(kind="base", width=512, heads=8, transformer_layers=12, causal=True)
+
+
 _BASE_768 = TextTowerConfig(kind="base", width=768, heads=12, transformer_layers=12, causal=False)
+
 
 # About 0.3M image + 6.9M text parameters (6.3M of them the 49408 x 128 token table), 64 px.
 # Stage widths double so timm's depthwise downsampling convs divide evenly; the attention
@@ -105,6 +69,8 @@ _NANO_IMAGE = ImageTowerConfig(
         "cpe_kernel": 3,
     },
 )
+
+
 _NANO_TEXT = TextTowerConfig(kind="mct", width=128, heads=4, transformer_layers=2, causal=False)
 
 
@@ -143,6 +109,8 @@ def _variants() -> dict[str, MobileClipConfig]:
 
 
 VARIANTS: dict[str, MobileClipConfig] = _variants()
+
+
 ALIASES: dict[str, str] = {
     "nano": "MobileCLIP-nano",
     "S0": "MobileCLIP-S0",

@@ -28,7 +28,7 @@ from training.models.mobileclip import (
 
 EOT = 49407  # the CLIP tokenizer's end-of-text id, the highest in its vocabulary
 
-# METHOD.md 4: params image + text (M).
+# docs/method.md §4: params image + text (M).
 PAPER_PARAMS = {"S0": (11.4, 42.4), "S1": (21.5, 63.4), "S2": (35.7, 63.4), "B": (86.3, 63.4)}
 
 

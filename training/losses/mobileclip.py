@@ -1,4 +1,4 @@
-"""The MobileCLIP reinforced-training loss (METHOD.md 2.7).
+"""The MobileCLIP reinforced-training loss (docs/method.md §2.7).
 
 Every function takes L2-normalised embeddings. Student logits are ``s * f_img @ f_txt.T``
 with the student's learnable scale ``s``; the distillation target is, per teacher ``k``,
@@ -44,7 +44,7 @@ def distill_targets(
     ``teacher_dims`` order. Returns (p_i2t [B, B], p_t2i [B, B]); each row sums to 1.
     Row i of p_i2t is the distribution over texts for image i; row j of p_t2i over images
     for text j. Averaging happens after each teacher's softmax (not over logits), and each
-    teacher uses its own scale: a shared scale is the pitfall METHOD.md 2.7 warns about.
+    teacher uses its own scale: a shared scale is the pitfall docs/method.md §2.7 warns about.
     """
     _check_pair(t_img, t_txt, "distill_targets")
     dims = [int(d) for d in teacher_dims]

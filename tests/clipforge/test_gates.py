@@ -7,17 +7,16 @@ import json
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from chain.runner import CHAIN
-from clipforge.config import Params, load_params
-from clipforge.quality import run_gate
+from chain.spec import CHAIN
+from clipforge.config import Params
+from clipforge.params_file import load_params
+from tests.conftest import REPO, stage_gate
 
-REPO = Path(__file__).resolve().parents[2]
 N = 12
 
 
@@ -147,7 +146,7 @@ def _assert_check_shape(check: dict) -> None:
 
 @pytest.mark.parametrize("stage", [spec.name for spec in CHAIN])
 def test_good_manifest_passes(stage: str, params: Params) -> None:
-    gate = run_gate(stage, good_manifest(stage, params), params)
+    gate = stage_gate(stage, good_manifest(stage, params), params)
     assert gate.passed, gate.reason()
     assert len(gate.checks) >= 5
     for check in gate.checks:
@@ -158,11 +157,11 @@ def test_good_manifest_passes(stage: str, params: Params) -> None:
 
 @pytest.mark.parametrize("stage", [spec.name for spec in CHAIN])
 def test_empty_manifest_fails(stage: str, params: Params) -> None:
-    gate = run_gate(stage, good_manifest(stage, params).iloc[:0], params)
+    gate = stage_gate(stage, good_manifest(stage, params).iloc[:0], params)
     assert not gate.passed
     assert f"{stage}: manifest has 0 rows (expected at least 1)" in gate.reason()
     # No columns at all: every required column is reported missing, nothing crashes.
-    bare = run_gate(stage, pd.DataFrame(), params)
+    bare = stage_gate(stage, pd.DataFrame(), params)
     assert not bare.passed
     assert "are missing" in bare.reason()
 
@@ -308,7 +307,7 @@ DEFECTS: list[tuple[str, str, Callable[[pd.DataFrame], pd.DataFrame], str]] = [
 def test_defect_fails_with_readable_reason(
     stage: str, defect: str, mutate: Callable[[pd.DataFrame], pd.DataFrame], expected: str, params: Params
 ) -> None:
-    gate = run_gate(stage, mutate(good_manifest(stage, params)), params)
+    gate = stage_gate(stage, mutate(good_manifest(stage, params)), params)
     assert not gate.passed, f"{defect} was not caught"
     assert expected in gate.reason(), gate.reason()
     for check in gate.checks:
@@ -320,34 +319,29 @@ def test_defect_fails_with_readable_reason(
 def test_pool_tolerates_some_empty_captions(params: Params) -> None:
     pool = _pool(10)
     pool.loc[:4, "text"] = ""  # exactly half empty: still at least `mostly` = 50% captioned
-    assert run_gate("datacomp_pool", pool, params).passed
+    assert stage_gate("datacomp_pool", pool, params).passed
     pool.loc[5, "text"] = ""
-    gate = run_gate("datacomp_pool", pool, params)
+    gate = stage_gate("datacomp_pool", pool, params)
     assert not gate.passed
     assert "60.0% of captions are empty (expected at most 50%)" in gate.reason()
 
 
 def test_thresholds_follow_params(params: Params) -> None:
     manifest = good_manifest("reparameterized_model", params).assign(max_abs_diff=[5e-4, 0.0])
-    assert not run_gate("reparameterized_model", manifest, params).passed
+    assert not stage_gate("reparameterized_model", manifest, params).passed
     loose = params.model_copy(
         update={"reparameterized_model": params.reparameterized_model.model_copy(update={"atol": 1e-3})}
     )
-    assert run_gate("reparameterized_model", manifest, loose).passed
-
-
-def test_unknown_stage_is_an_error(params: Params) -> None:
-    with pytest.raises(ValueError, match="no quality suite for stage 'nope'"):
-        run_gate("nope", pd.DataFrame({"a": [1]}), params)
+    assert stage_gate("reparameterized_model", manifest, loose).passed
 
 
 def test_gate_is_fast_and_quiet(params: Params, capfd: pytest.CaptureFixture[str]) -> None:
     pool = _pool(2400)
-    run_gate("datacomp_pool", pool, params)  # warm: the cached context is built once
+    stage_gate("datacomp_pool", pool, params)  # warm: the cached context is built once
     capfd.readouterr()
     started = time.perf_counter()
     for _ in range(3):
-        gate = run_gate("datacomp_pool", pool, params)
+        gate = stage_gate("datacomp_pool", pool, params)
     per_call = (time.perf_counter() - started) / 3
     assert gate.passed
     assert per_call < 3.0, f"gate took {per_call:.2f}s per call on a 2400-row pool"

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import clip_loss, distill_loss, distill_targets, mobileclip_loss
+from training.losses.mobileclip import clip_loss, distill_loss, distill_targets, mobileclip_loss
 
 
 def _unit(*shape: int, seed: int) -> torch.Tensor:

@@ -15,12 +15,17 @@ import torch
 from open_clip.loss import CoCaLoss
 from PIL import Image, ImageDraw
 
-from clipforge.config import BootstrapTrainConfig, Params
+from clipforge.config import Params
 from clipforge.stage_api import NullTracker, StageContext
-from tests.conftest import tiny_params_for
-from training import bootstrap as bs
+from tests.conftest import default_params, tiny_params_for, with_changes
+from training import captioner_model, teacher_models
+from training.data.embedded_layout import TEACHER_SHARDS_DIR
+from training.data.teacher_corpus import holdout_split, random_resized_crop, read_corpus
+from training.eval.heldout import retrieval_top1
 from training.models.open_clip_models import load_model, load_teachers
 from training.optim import cosine_lr
+from training.trainers.clip_teacher import train_clip
+from training.trainers.coca_captioner import CaptionVocab, coca_losses
 
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220), "yellow": (240, 220, 30)}
 SHAPES = ("square", "circle")
@@ -48,7 +53,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def write_corpus(root: Path, n: int = 40, bad: bool = False) -> Path:
     """An embedded_corpus-like folder: teacher_corpus/shards/*.tar with KEY.jpg/.txt/.json."""
-    shards = root / bs.TEACHER_CORPUS_SHARDS
+    shards = root / TEACHER_SHARDS_DIR
     shards.mkdir(parents=True)
     combos = [(c, s) for c in COLORS for s in SHAPES]
     with tarfile.open(shards / "00000.tar", "w") as tar:
@@ -96,24 +101,24 @@ def test_cosine_lr_warms_up_then_decays() -> None:
 
 def test_read_corpus_decodes_and_counts_skips(tmp_path: Path) -> None:
     root = write_corpus(tmp_path / "corpus", n=10, bad=True)
-    corpus = bs.read_corpus(root / bs.TEACHER_CORPUS_SHARDS, 48)
+    corpus = read_corpus(root / TEACHER_SHARDS_DIR, 48)
     assert len(corpus) == 10 and corpus.images.shape == (10, 3, 48, 48) and corpus.images.dtype == torch.uint8
     assert corpus.captions[0] == "a red square on a grey background"
     assert dict(corpus.skipped) == {"undecodable image": 1, "missing image or caption": 1, "empty caption": 1}
     with pytest.raises(FileNotFoundError, match="no teacher corpus shards"):
-        bs.read_corpus(tmp_path / "nowhere", 48)
+        read_corpus(tmp_path / "nowhere", 48)
 
 
 def test_random_resized_crop_is_seeded_and_keeps_content() -> None:
     images = torch.zeros(4, 3, 48, 48, dtype=torch.uint8)
     images[:, 0] = 255  # pure red
-    a = bs.random_resized_crop(images, 32, torch.Generator().manual_seed(0))
+    a = random_resized_crop(images, 32, torch.Generator().manual_seed(0))
     assert a.shape == (4, 3, 32, 32) and torch.allclose(a[:, 0], torch.ones(4, 32, 32), atol=1e-5)
     assert float(a[:, 1:].abs().max()) < 1e-6
     split = torch.zeros(64, 3, 48, 48, dtype=torch.uint8)
     split[..., 24:] = 255  # left half black, right half white: crops see different parts
-    b1 = bs.random_resized_crop(split, 32, torch.Generator().manual_seed(1))
-    b2 = bs.random_resized_crop(split, 32, torch.Generator().manual_seed(1))
+    b1 = random_resized_crop(split, 32, torch.Generator().manual_seed(1))
+    b2 = random_resized_crop(split, 32, torch.Generator().manual_seed(1))
     assert torch.equal(b1, b2)
     means = b1.mean(dim=(1, 2, 3))
     assert float(means.std()) > 0.05  # crops differ in position and size
@@ -121,27 +126,29 @@ def test_random_resized_crop_is_seeded_and_keeps_content() -> None:
 
 
 def test_holdout_split_is_disjoint_and_seeded() -> None:
-    train, held = bs.holdout_split(200, 0.05, seed=3)
+    train, held = holdout_split(200, 0.05, seed=3)
     assert len(held) == 10 and len(train) == 190
     assert set(train.tolist()).isdisjoint(held.tolist()) and len(set(train.tolist()) | set(held.tolist())) == 200
-    assert torch.equal(held, bs.holdout_split(200, 0.05, seed=3)[1])
-    assert not torch.equal(held, bs.holdout_split(200, 0.05, seed=4)[1])
+    assert torch.equal(held, holdout_split(200, 0.05, seed=3)[1])
+    assert not torch.equal(held, holdout_split(200, 0.05, seed=4)[1])
 
 
 def test_retrieval_top1_counts_duplicate_captions_as_hits() -> None:
     emb = torch.eye(3)
-    assert bs.retrieval_top1(emb, emb, ["a", "b", "c"]) == (1.0, 1.0)
+    assert retrieval_top1(emb, emb, ["a", "b", "c"]) == (1.0, 1.0)
     swapped = emb[[1, 0, 2]]
-    assert bs.retrieval_top1(emb, swapped, ["a", "b", "c"]) == (pytest.approx(1 / 3), pytest.approx(1 / 3))
-    assert bs.retrieval_top1(emb, swapped, ["a", "a", "c"]) == (1.0, 1.0)
+    assert retrieval_top1(emb, swapped, ["a", "b", "c"]) == (pytest.approx(1 / 3), pytest.approx(1 / 3))
+    assert retrieval_top1(emb, swapped, ["a", "a", "c"]) == (1.0, 1.0)
 
 
 def test_restricted_caption_loss_equals_full_vocabulary_loss() -> None:
     torch.manual_seed(0)
-    model = open_clip.create_model(bs.BOOTSTRAP_CAPTIONER)
-    tokens = open_clip.get_tokenizer(bs.BOOTSTRAP_CAPTIONER)(["a red square", "two blue circles on the left"])
+    model = open_clip.create_model(captioner_model.BOOTSTRAP_CAPTIONER)
+    tokens = open_clip.get_tokenizer(captioner_model.BOOTSTRAP_CAPTIONER)(
+        ["a red square", "two blue circles on the left"]
+    )
     proj = model.text_decoder.text_projection
-    vocab = bs.CaptionVocab.from_tokens(tokens, proj.shape[1])
+    vocab = CaptionVocab.from_tokens(tokens, proj.shape[1])
     with torch.no_grad():
         proj.normal_(0, 0.1)
         mask = torch.ones(proj.shape[1], dtype=torch.bool)
@@ -150,7 +157,7 @@ def test_restricted_caption_loss_equals_full_vocabulary_loss() -> None:
     pixels = torch.randn(2, 3, 64, 64)
     loss_fn = CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0)
     with torch.no_grad():
-        contrastive, caption = bs.coca_losses(model, pixels, tokens, vocab, loss_fn)
+        contrastive, caption = coca_losses(model, pixels, tokens, vocab, loss_fn)
         out = model(pixels, tokens)  # open_clip's own forward: full 49408-way logits
         ref_contrastive, ref_caption = loss_fn(
             out["image_features"], out["text_features"], out["logits"], out["labels"], out["logit_scale"]
@@ -161,9 +168,11 @@ def test_restricted_caption_loss_equals_full_vocabulary_loss() -> None:
 
 
 def test_clip_training_learns_the_toy_corpus(tmp_path: Path) -> None:
-    corpus = bs.read_corpus(write_corpus(tmp_path / "c", n=64) / bs.TEACHER_CORPUS_SHARDS, 96)
-    cfg = BootstrapTrainConfig(steps=30, batch_size=16, lr=2e-3, warmup_steps=3, image_size=64)
-    result = bs.train_clip("cf-tiny-rn-teacher", corpus, torch.arange(len(corpus)), cfg, label="rn")
+    corpus = read_corpus(write_corpus(tmp_path / "c", n=64) / TEACHER_SHARDS_DIR, 96)
+    cfg = with_changes(
+        default_params().teacher_models.bootstrap, steps=30, batch_size=16, lr=2e-3, warmup_steps=3, image_size=64
+    )
+    result = train_clip("cf-tiny-rn-teacher", corpus, torch.arange(len(corpus)), cfg, label="rn")
     hist = result.history
     assert list(hist.columns[:4]) == ["step", "lr", "loss", "logit_scale"] and len(hist) == 30
     assert hist["loss"].tail(5).mean() < 0.6 * hist["loss"].head(3).mean()
@@ -176,7 +185,7 @@ def test_run_teachers_bootstrap_writes_loadable_ensemble(tmp_path: Path) -> None
     corpus = write_corpus(tmp_path / "corpus", n=40)
     params = tiny_params_for(tmp_path, ["teacher_models.bootstrap.steps=2", "teacher_models.bootstrap.batch_size=8"])
     ctx = _ctx(tmp_path, params, corpus, "teacher_models")
-    outcome = bs.run_teachers(ctx)
+    outcome = teacher_models.run(ctx)
     m = outcome.manifest
     assert list(m["name"]) == ["vit-teacher", "rn-teacher"]
     assert {"name", "model_name", "kind", "num_params", "embed_dim", "image_size"} <= set(m.columns)
@@ -199,10 +208,10 @@ def test_run_captioner_bootstrap_writes_coca_folder(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus", n=40)
     params = tiny_params_for(tmp_path, ["captioner_model.bootstrap.steps=2", "captioner_model.bootstrap.batch_size=8"])
     ctx = _ctx(tmp_path, params, corpus, "captioner_model")
-    outcome = bs.run_captioner(ctx)
+    outcome = captioner_model.run(ctx)
     row = outcome.manifest.iloc[0]
     assert row["name"] == "captioner" and row["kind"] == "coca" and row["num_params"] > 0
-    loaded = load_model(ctx.out_dir / bs.CAPTIONER_DIR)
+    loaded = load_model(ctx.out_dir / captioner_model.CAPTIONER_DIR)
     assert loaded.kind == "coca"
     # Untrained vocabulary columns stay exactly zero through training and saving.
     proj = loaded.model.text_decoder.text_projection
@@ -225,7 +234,7 @@ def test_pretrained_teachers_from_local_checkpoint(tmp_path: Path) -> None:
     spec = f"[{{name: ckpt-rn, model: cf-tiny-rn-teacher, pretrained: '{path}', logit_scale: 70}}]"
     params = tiny_params_for(tmp_path, ["teacher_models.mode=pretrained", f"teacher_models.teachers={spec}"])
     ctx = _ctx(tmp_path, params, tmp_path / "unused", "teacher_models")
-    outcome = bs.run_teachers(ctx)
+    outcome = teacher_models.run(ctx)
     assert list(outcome.manifest["name"]) == ["ckpt-rn"]
     (teacher,) = load_teachers(ctx.out_dir)
     assert teacher.logit_scale == 70
@@ -236,24 +245,24 @@ def test_pretrained_teachers_from_local_checkpoint(tmp_path: Path) -> None:
 
 
 def test_pretrained_errors_are_clear(tmp_path: Path) -> None:
-    missing = f"[{{name: t, model: cf-tiny-rn-teacher, pretrained: '{tmp_path / 'missing.pt'}'}}]"
+    missing = f"[{{name: t, model: cf-tiny-rn-teacher, pretrained: '{tmp_path / 'missing.pt'}', logit_scale: 100}}]"
     params = tiny_params_for(tmp_path, ["teacher_models.mode=pretrained", f"teacher_models.teachers={missing}"])
     with pytest.raises(FileNotFoundError, match="neither a checkpoint file nor a known tag"):
-        bs.run_teachers(_ctx(tmp_path, params, tmp_path, "t1"))
-    unknown = "[{name: t, model: no-such-model, pretrained: x}]"
+        teacher_models.run(_ctx(tmp_path, params, tmp_path, "t1"))
+    unknown = "[{name: t, model: no-such-model, pretrained: x, logit_scale: 100}]"
     params = tiny_params_for(tmp_path, ["teacher_models.mode=pretrained", f"teacher_models.teachers={unknown}"])
     with pytest.raises(KeyError, match="no-such-model"):
-        bs.run_teachers(_ctx(tmp_path, params, tmp_path, "t2"))
+        teacher_models.run(_ctx(tmp_path, params, tmp_path, "t2"))
     # A CLIP checkpoint cannot serve as the captioner.
     path, _ = _checkpoint(tmp_path, "cf-tiny-rn-teacher")
-    spec = f"{{name: c, model: cf-tiny-rn-teacher, pretrained: '{path}'}}"
+    spec = f"{{name: c, model: cf-tiny-rn-teacher, pretrained: '{path}', logit_scale: 100}}"
     params = tiny_params_for(tmp_path, ["captioner_model.mode=pretrained", f"captioner_model.captioner={spec}"])
     with pytest.raises(TypeError, match="not an open_clip CoCa"):
-        bs.run_captioner(_ctx(tmp_path, params, tmp_path, "c1"))
+        captioner_model.run(_ctx(tmp_path, params, tmp_path, "c1"))
 
 
 def test_bootstrap_image_size_must_match_config(tmp_path: Path) -> None:
-    corpus = bs.read_corpus(write_corpus(tmp_path / "c", n=8) / bs.TEACHER_CORPUS_SHARDS, 48)
-    cfg = BootstrapTrainConfig(steps=1, batch_size=4, image_size=32)
+    corpus = read_corpus(write_corpus(tmp_path / "c", n=8) / TEACHER_SHARDS_DIR, 48)
+    cfg = with_changes(default_params().teacher_models.bootstrap, steps=1, batch_size=4, image_size=32)
     with pytest.raises(ValueError, match="image_size=32"):
-        bs.train_clip("cf-tiny-rn-teacher", corpus, torch.arange(8), cfg, label="x")
+        train_clip("cf-tiny-rn-teacher", corpus, torch.arange(8), cfg, label="x")

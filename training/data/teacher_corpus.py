@@ -1,0 +1,149 @@
+"""The embedded teacher corpus decoded into memory, and the batched crops the bootstrap trainers take.
+
+The corpus is small, so it is decoded once ([N, 3, S, S] uint8) and batches are cropped there
+with one batched ``roi_align`` (random resized crop, no flip); no DataLoader. About 5% of it is
+held out to check that each bootstrapped model learned the scenes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clipforge.progress import Progress, no_progress
+from clipforge.stage_api import StageContext
+from training.data.embedded_layout import TEACHER_SHARDS_DIR
+from training.data.tar_shards import iter_tar_samples
+
+HOLDOUT_FRACTION = 0.05
+
+
+# The corpus is stored at this multiple of the training resolution, so crops at scale 0.5
+# still have source pixels to resample from.
+STORE_FACTOR = 1.5
+
+
+CROP_SCALE = (0.5, 1.0)
+
+
+CROP_RATIO = (3 / 4, 4 / 3)
+
+
+@dataclass
+class Corpus:
+    """The teacher corpus decoded into memory."""
+
+    images: torch.Tensor  # [N, 3, S, S] uint8, shorter side resized to S then centre-cropped
+    captions: list[str]
+    keys: list[str]
+    skipped: Counter[str] = field(default_factory=Counter)  # reason -> samples dropped
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+def _square_uint8(image: Image.Image, side: int) -> torch.Tensor:
+    """PIL image -> [3, side, side] uint8: shorter side resized to ``side``, centre crop."""
+    image = image.convert("RGB")
+    scale = side / min(image.size)
+    size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
+    image = image.resize(size, Image.Resampling.BICUBIC)
+    left, top = (size[0] - side) // 2, (size[1] - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def read_corpus(shard_dir: Path, side: int, progress: Progress = no_progress) -> Corpus:
+    """Decode every ``KEY.jpg`` + ``KEY.txt`` sample of ``shard_dir/*.tar`` into memory.
+
+    Samples without an image or caption, with an empty caption or an undecodable image are
+    skipped and counted by reason; an empty corpus is an error.
+    """
+    shards = sorted(Path(shard_dir).glob("*.tar"))
+    if not shards:
+        raise FileNotFoundError(f"no teacher corpus shards (*.tar) in {shard_dir}")
+    images: list[torch.Tensor] = []
+    captions: list[str] = []
+    keys: list[str] = []
+    skipped: Counter[str] = Counter()
+    for shard in progress(shards, "decode corpus", len(shards)):
+        for key, members in iter_tar_samples(shard):
+            image_bytes = members.get("jpg") or members.get("png") or members.get("jpeg") or members.get("webp")
+            if image_bytes is None or "txt" not in members:
+                skipped["missing image or caption"] += 1
+                continue
+            caption = members["txt"].decode("utf-8", errors="replace").strip()
+            if not caption:
+                skipped["empty caption"] += 1
+                continue
+            try:
+                with Image.open(io.BytesIO(image_bytes)) as img:
+                    images.append(_square_uint8(img, side))
+            except (OSError, ValueError, Image.DecompressionBombError):
+                skipped["undecodable image"] += 1
+                continue
+            captions.append(caption)
+            keys.append(key)
+    if not images:
+        raise ValueError(f"teacher corpus {shard_dir} holds no usable sample (skipped: {dict(skipped)})")
+    return Corpus(torch.stack(images), captions, keys, skipped)
+
+
+def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, held-out indices): a seeded ``fraction`` (at least 2, at most n // 2) held out."""
+    held = min(max(2, round(n * fraction)), n // 2)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[held:].sort().values, perm[:held].sort().values
+
+
+def random_resized_crop(
+    images: torch.Tensor,
+    out_size: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] = CROP_SCALE,
+    ratio: tuple[float, float] = CROP_RATIO,
+) -> torch.Tensor:
+    """Batched RandomResizedCrop (no flip): [B, 3, S, S] uint8 -> [B, 3, out, out] float in [0, 1].
+
+    Per sample: area fraction ~ U(scale), log aspect ~ U(log ratio), box clipped to the
+    image, position uniform. Every crop is resampled bilinearly by one ``roi_align`` call
+    (2x2 samples per output pixel, which also smooths mild downscaling).
+    """
+    from torchvision.ops import roi_align
+
+    b, _, h, w = images.shape
+    area = torch.empty(b).uniform_(*scale, generator=generator) * (h * w)
+    log_r = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    aspect = log_r.exp()
+    cw = (area * aspect).sqrt().clamp(1, w)
+    ch = (area / aspect).sqrt().clamp(1, h)
+    x0 = torch.rand(b, generator=generator) * (w - cw)
+    y0 = torch.rand(b, generator=generator) * (h - ch)
+    boxes = torch.stack([torch.arange(b, dtype=torch.float32), x0, y0, x0 + cw, y0 + ch], dim=1)  # [B, 5]
+    pixels = images.float() / 255.0
+    return roi_align(pixels, boxes, output_size=(out_size, out_size), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+
+
+def resize_full(images: torch.Tensor, out_size: int) -> torch.Tensor:
+    """The whole image, as inference sees it: [B, 3, S, S] uint8 -> [B, 3, out, out] float in [0, 1]."""
+    pixels = images.float() / 255.0
+    if images.shape[-1] == out_size:
+        return pixels
+    return F.interpolate(pixels, size=(out_size, out_size), mode="bicubic", antialias=True).clamp(0, 1)
+
+
+def load_teacher_corpus(ctx: StageContext, image_size: int) -> Corpus:
+    """The teacher corpus of a bootstrapping stage's ``embedded_corpus`` input, stored at
+    STORE_FACTOR x ``image_size``."""
+    if "embedded_corpus" not in ctx.inputs:
+        raise KeyError(f"stage {ctx.name} in bootstrap mode needs the embedded_corpus input")
+    shard_dir = ctx.inputs["embedded_corpus"] / TEACHER_SHARDS_DIR
+    return read_corpus(shard_dir, round(image_size * STORE_FACTOR), progress=ctx.progress)

@@ -1,0 +1,123 @@
+"""The loop both bootstrap trainers share: AdamW, warmup + cosine, random resized crops of the
+in-memory teacher corpus, and a step loss the caller gives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import open_clip
+import pandas as pd
+import torch
+from torch import nn
+
+from clipforge.config import BootstrapTrainConfig
+from clipforge.progress import Progress, no_progress
+from clipforge.stage_api import Tracker
+from training.data.teacher_corpus import Corpus, random_resized_crop
+from training.models.open_clip_models import model_config
+from training.optim import clamp_logit_scale_, cosine_lr, open_clip_param_groups, set_lr
+
+LOG_EVERY = 10
+
+
+def pixel_norm(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's mean/std as [1, 3, 1, 1] tensors (the values ``load_model`` will use)."""
+    pre = getattr(model.visual, "preprocess_cfg", {}) or {}
+    mean = torch.tensor(pre.get("mean", open_clip.OPENAI_DATASET_MEAN), dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(pre.get("std", open_clip.OPENAI_DATASET_STD), dtype=torch.float32).view(1, 3, 1, 1)
+    return mean, std
+
+
+@dataclass
+class CorpusTrainResult:
+    model: nn.Module
+    history: pd.DataFrame  # one row per step: step, lr, loss, logit_scale, (parts)
+    seconds: float
+
+    @property
+    def final_loss(self) -> float:
+        # Mean of the last few steps: one batch's loss is noisy.
+        tail = self.history["loss"].tail(max(1, min(10, len(self.history) // 10)))
+        return float(tail.mean())
+
+
+def _batches(indices: torch.Tensor, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless shuffled epochs over ``indices``, full batches only (a short corpus repeats)."""
+    batch_size = min(batch_size, len(indices))
+    while True:
+        perm = indices[torch.randperm(len(indices), generator=generator)]
+        for start in range(0, len(perm) - batch_size + 1, batch_size):
+            yield perm[start : start + batch_size]
+
+
+StepLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+
+
+def train_loop(
+    model: nn.Module,
+    step_loss: StepLoss,
+    corpus: Corpus,
+    tokens: torch.Tensor,
+    train_idx: torch.Tensor,
+    cfg: BootstrapTrainConfig,
+    *,
+    label: str,
+    tracker: Tracker | None = None,
+    progress: Progress = no_progress,
+) -> CorpusTrainResult:
+    """AdamW + warmup/cosine over random resized crops; ``step_loss(pixels, tokens)`` -> (loss, parts).
+
+    pixels are [B, 3, image_size, image_size] normalised for the model, tokens [B, L].
+    """
+    started = time.perf_counter()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    mean, std = pixel_norm(model)
+    optimizer = torch.optim.AdamW(
+        open_clip_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
+    )
+    batches = _batches(train_idx, cfg.batch_size, gen)
+    steps: Iterable[int] = progress(range(cfg.steps), f"train {label}", cfg.steps)
+    rows: list[dict[str, float]] = []
+    model.train()
+    for step in steps:
+        lr = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr)
+        set_lr(optimizer, lr)
+        idx = next(batches)
+        pixels = (random_resized_crop(corpus.images[idx], cfg.image_size, gen) - mean) / std
+        loss, parts = step_loss(pixels, tokens[idx])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{label}: loss became {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # open_clip clamps the learned temperature the same way (docs/method.md §2.7 cap).
+        clamp_logit_scale_(model.logit_scale)
+        row = {
+            "step": step,
+            "lr": lr,
+            "loss": float(loss.detach()),
+            "logit_scale": float(model.logit_scale.detach().exp()),
+            **parts,
+        }
+        rows.append(row)
+        if tracker is not None and (step % LOG_EVERY == 0 or step == cfg.steps - 1):
+            tracker.log_metrics({f"{label}_{k}": v for k, v in row.items() if k != "step"}, step=step)
+    model.eval()
+    return CorpusTrainResult(model, pd.DataFrame(rows), time.perf_counter() - started)
+
+
+def check_image_size(model_name: str, cfg: BootstrapTrainConfig) -> None:
+    size = model_config(model_name)["vision_cfg"].get("image_size", 224)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    if int(size) != cfg.image_size:
+        raise ValueError(
+            f"bootstrap.image_size={cfg.image_size} but open_clip config {model_name!r} is built for "
+            f"{size}x{size} images; change one of them so they agree"
+        )
+
+
+def tokenize(model_name: str, captions: Sequence[str]) -> torch.Tensor:
+    return open_clip.get_tokenizer(model_name)(list(captions))

@@ -1,0 +1,221 @@
+"""The student trainer: the MobileCLIP loss from stored teacher embeddings (docs/method.md §1, §2.7).
+
+Each step draws a batch of images, each with one stored augmentation replayed at the student's
+resolution, its real caption and one synthetic caption, and the teachers' stored embeddings of
+exactly those. No teacher runs here.
+
+Seeding: the model init and every epoch's sample order derive from ``student_model.seed`` (an
+epoch's order from ``seed`` and the epoch number alone), so a run is repeatable and a
+checkpoint's (epoch, batch) position is enough to resume the data stream."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
+
+from clipforge.config import StudentModelConfig
+from clipforge.progress import Progress, no_progress
+from clipforge.stage_api import NullTracker, Tracker
+from training.losses.mobileclip import mobileclip_loss
+from training.models.students import StudentClip
+from training.optim import clamp_logit_scale_, cosine_lr, param_groups, scale_multiplier, set_lr
+
+# Keys a batch must carry (the reinforced data loader's item layout); *_syn only when
+# synthetic captions are used.
+BATCH_KEYS = ("pixels", "tokens_real", "t_img", "t_txt_real")
+
+
+SYN_KEYS = ("tokens_syn", "t_txt_syn")
+
+
+@dataclass
+class StudentTrainResult:
+    history: pd.DataFrame  # one row per step: step, epoch, loss, loss_clip, loss_distill, lr, ...
+    optimizer: torch.optim.Optimizer
+    steps: int
+    epoch: int  # epoch of the last step (0-based)
+    batch_in_epoch: int  # batches of that epoch consumed, for resuming the data stream
+    batch_size: int
+    train_seconds: float
+    samples_per_second: float
+    final_loss: float
+
+
+def _epoch_loader(
+    dataset: Dataset, batch_size: int, seed: int, epoch: int, collate: Callable, num_workers: int
+) -> DataLoader:
+    # The order depends only on (seed, epoch): resuming at an epoch replays the same order.
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=RandomSampler(dataset, generator=generator),
+        drop_last=True,  # a contrastive batch must be full: every step sees B x B logits
+        collate_fn=collate,
+        num_workers=num_workers,
+    )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the trainer touches, for the checkpoint (exact resume restores these).
+
+    Only tuples, ints, floats, strings and tensors, so ``torch.load(weights_only=True)`` reads
+    the checkpoint: numpy's MT19937 key (624 uint32) is stored as an int64 tensor.
+    """
+    kind, key, position, has_gauss, cached_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(position), int(has_gauss), float(cached_gauss)),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    random.setstate(state["python"])
+    kind, key, position, has_gauss, cached_gauss = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def train_student(
+    model: StudentClip,
+    dataset: Dataset,
+    cfg: StudentModelConfig,
+    teacher_dims: Sequence[int],
+    teacher_scales: Sequence[float],
+    *,
+    collate: Callable | None = None,
+    tracker: Tracker | None = None,
+    progress: Progress = no_progress,
+    device: torch.device | None = None,
+) -> StudentTrainResult:
+    """Run ``cfg.steps`` optimisation steps of the MobileCLIP loss; the model trains in place.
+
+    ``dataset`` items: ``pixels`` [3, S, S] in [0, 1], ``tokens_real`` / ``tokens_syn`` [L],
+    ``t_img`` / ``t_txt_real`` / ``t_txt_syn`` [sum D_k]; it may have ``set_epoch(e)`` to pick
+    each epoch's stored augmentation and synthetic caption.
+    """
+    tracker = tracker or NullTracker()
+    collate = collate or default_collate
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n = len(dataset)
+    if n < 2:
+        raise ValueError(f"the reinforced dataset holds {n} usable samples; a contrastive batch needs at least 2")
+    if cfg.steps < 1:
+        raise ValueError(f"student_model.steps must be >= 1, got {cfg.steps}")
+    # A dataset smaller than the configured batch trains on full-dataset batches (reported).
+    batch_size = min(cfg.batch_size, n)
+
+    model.to(device).train()
+    # eps 1e-6 as open_clip uses for ViT towers: 1e-8 lets rarely-updated rows take huge steps.
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-6
+    )
+    # bf16 autocast only on CUDA; on CPU fp32 is faster than emulated bf16 here.
+    use_amp = device.type == "cuda"
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def batches() -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
+        epoch = 0
+        while True:
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+            loader = _epoch_loader(dataset, batch_size, cfg.seed, epoch, collate, cfg.num_workers)
+            for index, batch in enumerate(loader):
+                yield epoch, index + 1, batch
+            epoch += 1
+
+    rows: list[dict[str, float]] = []
+    stream = batches()
+    steps_iter = progress(iter(range(cfg.steps)), "train steps", cfg.steps)
+    epoch = batch_in_epoch = 0
+    started = time.perf_counter()
+    for step in steps_iter:
+        epoch, batch_in_epoch, batch = next(stream)
+        required = BATCH_KEYS + SYN_KEYS if cfg.use_synthetic_captions else BATCH_KEYS
+        missing = [k for k in required if k not in batch]
+        if missing:
+            raise KeyError(f"reinforced batch lacks {missing}")
+        lr = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr)
+        set_lr(optimizer, lr)
+        pixels = batch["pixels"].to(device, non_blocking=True)
+        t_img = batch["t_img"].to(device)
+        t_real = batch["t_txt_real"].to(device)
+        tokens = batch["tokens_real"]
+        if cfg.use_synthetic_captions:
+            # One text pass over real and synthetic captions together: [2B, L].
+            tokens = torch.cat([tokens, batch["tokens_syn"]])
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+            s_img = model.encode_image(pixels)  # [B, D]
+            s_txt = model.encode_text(tokens.to(device))  # [B or 2B, D]
+        scale = scale_multiplier(model.logit_scale)
+        if cfg.use_synthetic_captions:
+            s_real, s_syn = s_txt.split(pixels.shape[0])
+            t_syn = batch["t_txt_syn"].to(device)
+        else:
+            s_real, s_syn, t_syn = s_txt, None, None
+        out = mobileclip_loss(
+            s_img, s_real, s_syn, scale, t_img, t_real, t_syn, teacher_dims, teacher_scales, cfg.distill_lambda
+        )
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # max_norm=inf measures the norm without clipping when clipping is off.
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
+        optimizer.step()
+        clamp_logit_scale_(model.logit_scale)
+
+        row = {
+            "step": step + 1,
+            "epoch": epoch,
+            "loss": loss.item(),
+            "loss_clip": out["loss_clip"].item(),
+            "loss_distill": out["loss_distill"].item(),
+            "lr": lr,
+            "logit_scale": float(model.logit_scale.detach().exp()),
+            "grad_norm": grad_norm,
+        }
+        rows.append(row)
+        if (step + 1) % max(cfg.log_every, 1) == 0 or step + 1 == cfg.steps:
+            tracker.log_metrics(
+                {k: row[k] for k in ("loss", "loss_clip", "loss_distill", "lr", "logit_scale")}, step + 1
+            )
+    train_seconds = time.perf_counter() - started
+
+    history = pd.DataFrame(rows)
+    # Final loss: mean over the last logging window, less noisy than the last batch alone.
+    window = max(1, min(cfg.log_every, len(history)))
+    return StudentTrainResult(
+        history=history,
+        optimizer=optimizer,
+        steps=cfg.steps,
+        epoch=epoch,
+        batch_in_epoch=batch_in_epoch,
+        batch_size=batch_size,
+        train_seconds=train_seconds,
+        samples_per_second=cfg.steps * batch_size / max(train_seconds, 1e-9),
+        final_loss=float(history["loss"].iloc[-window:].mean()),
+    )
