@@ -23,7 +23,7 @@ from chain.spec import CHAIN
 from clipforge.params_file import load_params
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 PROJECT_FILES = ("chain", "clipforge", "pipelines", "training", "export", "dvc.yaml", ".dvcignore", "pyproject.toml")
 

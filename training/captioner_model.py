@@ -17,7 +17,7 @@ from PIL import Image
 from clipforge.config import Params
 from clipforge.gates import Suite
 from clipforge.stage_api import StageContext, StageOutcome
-from training.data.teacher_corpus import HOLDOUT_FRACTION, holdout_split, load_teacher_corpus
+from training.data.teacher_corpus import HOLDOUT_FRACTION, holdout_split, load_teacher_corpus, split_summary
 from training.eval.heldout import heldout_retrieval, unigram_f1
 from training.models import coca_sampling
 from training.models.model_folders import manifest_row, model_folder_suite
@@ -25,7 +25,7 @@ from training.models.open_clip_models import load_model, save_model
 from training.models.pretrained import resolve_pretrained
 from training.optim import scale_multiplier
 from training.trainers.coca_captioner import train_coca
-from training.trainers.plots import plot_history
+from training.trainers.plots import HISTORY_FILE, LOSS_CURVE, plot_history
 
 BOOTSTRAP_CAPTIONER = "cf-tiny-coca"
 # The CoCa's model folder inside the stage folder (synthetic_captions loads it).
@@ -88,8 +88,8 @@ def run(ctx: StageContext) -> StageOutcome:
         "logit_scale": scale,
     }
     hist = result.history.assign(model=CAPTIONER_DIR)
-    hist.to_parquet(ctx.out_dir / "history.parquet", index=False)
-    plot_history({CAPTIONER_DIR: hist}, ctx.out_dir / "previews" / "loss_curve.png", "bootstrapped CoCa captioner")
+    hist.to_parquet(ctx.out_dir / HISTORY_FILE, index=False)
+    plot_history({CAPTIONER_DIR: hist}, ctx.out_dir / LOSS_CURVE, "bootstrapped CoCa captioner")
     examples = [
         {"reference": r, "generated": s[0]} for s, r in list(zip(sampled, refs, strict=True))[:NUM_EXAMPLE_CAPTIONS]
     ]
@@ -97,15 +97,11 @@ def run(ctx: StageContext) -> StageOutcome:
         manifest=pd.DataFrame([manifest_row(CAPTIONER_DIR, loaded, mode="bootstrap", **facts)]),
         summary={
             "mode": "bootstrap",
-            "corpus_samples": len(corpus),
-            "train_samples": len(train_idx),
-            "heldout_samples": len(held_idx),
-            "random_top1": 1.0 / len(held_idx),
+            **split_summary(corpus, train_idx, held_idx),
             "trained_vocab": len(vocab.ids),
             "heldout_captions_per_second": len(held_images) / max(caption_seconds, 1e-9),
-            "skipped": dict(corpus.skipped),
             "examples": examples,
         },
         metrics={f"captioner_{k}": float(v) for k, v in facts.items()},
-        previews={"loss_curve": "previews/loss_curve.png"},
+        previews={"loss_curve": LOSS_CURVE},
     )

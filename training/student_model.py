@@ -19,16 +19,10 @@ from clipforge.stage_api import StageContext, StageOutcome
 from training.data.reinforced import ReinforcedDataset, collate
 from training.models.checkpoints import load_pretrained_student
 from training.models.students import STAGE_MODEL_DIR, StudentClip, build_student, is_folded_student, save_student
-from training.trainers.plots import save_loss_curve
+from training.trainers.plots import HISTORY_FILE, LOSS_CURVE, save_loss_curve
 from training.trainers.student import StudentTrainResult, rng_state, seed_everything, train_student
 
-HISTORY_FILE = "history.parquet"
-
-
 CHECKPOINT_FILE = "checkpoint.pt"
-
-
-LOSS_CURVE = "previews/loss_curve.png"
 
 
 def quality_suite(params: Params) -> Suite:

@@ -18,14 +18,14 @@ import pandas as pd
 from clipforge.config import Params
 from clipforge.gates import Suite
 from clipforge.stage_api import StageContext, StageOutcome
-from training.data.teacher_corpus import HOLDOUT_FRACTION, holdout_split, load_teacher_corpus
+from training.data.teacher_corpus import HOLDOUT_FRACTION, holdout_split, load_teacher_corpus, split_summary
 from training.eval.heldout import heldout_retrieval
 from training.models.model_folders import manifest_row, model_folder_suite
 from training.models.open_clip_models import load_model, save_ensemble_index, save_model
 from training.models.pretrained import check_names, resolve_pretrained
 from training.optim import scale_multiplier
 from training.trainers.clip_teacher import train_clip
-from training.trainers.plots import plot_history
+from training.trainers.plots import HISTORY_FILE, LOSS_CURVE, plot_history
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +81,15 @@ def run(ctx: StageContext) -> StageOutcome:
         rows.append(manifest_row(name, loaded, mode="bootstrap", **facts))
         log.info("teacher %s: %s", name, facts)
     save_ensemble_index(out, [name for name, _ in BOOTSTRAP_TEACHERS])
-    pd.concat(histories.values(), ignore_index=True).to_parquet(out / "history.parquet", index=False)
-    plot_history(histories, out / "previews" / "loss_curve.png", "bootstrapped CLIP teachers")
+    pd.concat(histories.values(), ignore_index=True).to_parquet(out / HISTORY_FILE, index=False)
+    plot_history(histories, out / LOSS_CURVE, "bootstrapped CLIP teachers")
     return StageOutcome(
         manifest=pd.DataFrame(rows),
         summary={
             "mode": "bootstrap",
-            "corpus_samples": len(corpus),
-            "train_samples": len(train_idx),
-            "heldout_samples": len(held_idx),
-            "random_top1": 1.0 / len(held_idx),
-            "skipped": dict(corpus.skipped),
+            **split_summary(corpus, train_idx, held_idx),
             "teachers": [name for name, _ in BOOTSTRAP_TEACHERS],
         },
         metrics=metrics,
-        previews={"loss_curve": "previews/loss_curve.png"},
+        previews={"loss_curve": LOSS_CURVE},
     )

@@ -19,6 +19,7 @@ from training.models.students import build_student, save_student
 NANO = "MobileCLIP-nano"
 
 
+@pytest.mark.slow  # folds, converts and verifies real models (> 10 s)
 def test_export_a_variant_writes_verified_files_and_a_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -55,6 +56,7 @@ def test_export_a_variant_writes_verified_files_and_a_report(
     assert files["text_encoder.onnx"]["sha256"][:16] in printed
 
 
+@pytest.mark.slow  # folds, converts and verifies real models (> 10 s)
 def test_export_student_folders_unfolded_and_folded(tmp_path: Path) -> None:
     torch.manual_seed(0)
     student = randomise_branches(build_student(NANO)).eval()

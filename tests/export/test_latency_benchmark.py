@@ -42,6 +42,7 @@ def _check_timings(forms: dict[str, Any]) -> None:
         assert towers["total_ms"] == pytest.approx(towers["image"]["median_ms"] + towers["text"]["median_ms"])
 
 
+@pytest.mark.slow  # a module fixture exports/times real models (> 10 s)
 def test_cli_exits_zero_and_prints_the_tables(benchmark: tuple[int, str, dict[str, Any]]) -> None:
     code, printed, result = benchmark
     assert code == 0
@@ -52,6 +53,7 @@ def test_cli_exits_zero_and_prints_the_tables(benchmark: tuple[int, str, dict[st
     assert render_markdown(result) in printed
 
 
+@pytest.mark.slow  # a module fixture exports/times real models (> 10 s)
 def test_json_holds_every_figure(benchmark: tuple[int, str, dict[str, Any]]) -> None:
     _, _, result = benchmark
     assert set(result) == {"machine", "settings", "baseline", "variants"}
@@ -82,6 +84,7 @@ def test_json_holds_every_figure(benchmark: tuple[int, str, dict[str, Any]]) -> 
     assert set(variant["speedup_vs_baseline"]) == set(variant["forms"])
 
 
+@pytest.mark.slow  # a module fixture exports/times real models (> 10 s)
 def test_renderings_show_the_recorded_figures(benchmark: tuple[int, str, dict[str, Any]]) -> None:
     _, _, result = benchmark
     variant = result["variants"][0]

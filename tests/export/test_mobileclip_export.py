@@ -36,6 +36,9 @@ from training.models.mobileclip import MobileClip, TextEncoder
 from training.models.mobileclip.variants import OPENAI_MEAN, OPENAI_STD
 from training.models.students import StudentClip, build_student
 
+# Converting MCi towers to Core ML takes 10-30 s a variant.
+pytestmark = pytest.mark.slow
+
 FEATURE_TYPES = ct.proto.FeatureTypes_pb2
 MIN_COSINE = 0.9999
 # Captions whose end-of-text tokens sit at different positions: EOT pooling is an argmax

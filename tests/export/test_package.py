@@ -61,6 +61,7 @@ def packaged(tmp_path_factory: pytest.TempPathFactory) -> Packaged:
     return Packaged(params, folded, out_dir, outcome.manifest, outcome.summary)
 
 
+@pytest.mark.slow  # a module fixture exports/times real models (> 10 s)
 def test_stage_writes_and_verifies_every_file(packaged: Packaged) -> None:
     manifest = packaged.manifest.set_index("file")
     assert sorted(manifest.index) == sorted(entry.file for entry in FILES)
@@ -76,6 +77,7 @@ def test_stage_writes_and_verifies_every_file(packaged: Packaged) -> None:
     assert stage_gate("coreml_package", packaged.manifest, packaged.params).passed
 
 
+@pytest.mark.slow  # a module fixture exports/times real models (> 10 s)
 def test_coreml_packages_have_the_documented_interface(packaged: Packaged) -> None:
     info = packaged.student.info
     image = ct.models.MLModel(str(packaged.out_dir / "image_encoder.mlpackage"), skip_model_load=True).get_spec()
@@ -104,6 +106,7 @@ def test_coreml_packages_have_the_documented_interface(packaged: Packaged) -> No
     assert '"input_scale": 0.00392156' in facts and '"float16"' in facts
 
 
+@pytest.mark.slow  # a module fixture exports/times real models (> 10 s)
 def test_onnx_files_match_pytorch(packaged: Packaged) -> None:
     student = packaged.student
     size = student.info.image_size
@@ -126,6 +129,7 @@ def test_onnx_files_match_pytorch(packaged: Packaged) -> None:
         assert np.allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow  # a module fixture exports/times real models (> 10 s)
 def test_a_different_model_fails_verification_without_raising(packaged: Packaged) -> None:
     other = _student(1)  # same architecture, different weights
     cfg = packaged.params.coreml_package
@@ -140,6 +144,7 @@ def test_a_different_model_fails_verification_without_raising(packaged: Packaged
     assert not gate.passed and "verified" in gate.reason()
 
 
+@pytest.mark.slow  # a module fixture exports/times real models (> 10 s)
 def test_spec_mismatches_are_reported(packaged: Packaged) -> None:
     student = packaged.student
     path = packaged.out_dir / "image_encoder.mlpackage"
@@ -152,6 +157,7 @@ def test_spec_mismatches_are_reported(packaged: Packaged) -> None:
     assert any("deployment target" in p for p in ios18.problems)
 
 
+@pytest.mark.slow  # a module fixture exports/times real models (> 10 s)
 def test_corrupted_files_are_detected(packaged: Packaged, tmp_path: Path) -> None:
     student = packaged.student
     package = tmp_path / "image_encoder.mlpackage"
@@ -177,6 +183,7 @@ def test_corrupted_files_are_detected(packaged: Packaged, tmp_path: Path) -> Non
     assert verify_image_onnx(packaged.out_dir / "image_encoder.onnx", student, min_cosine=0.9999).passed
 
 
+@pytest.mark.slow  # a module fixture exports/times real models (> 10 s)
 def test_an_unfolded_student_is_refused(tmp_path: Path, packaged: Packaged) -> None:
     save_student(_student(0), tmp_path / "reparameterized_model" / "model")  # no "reparameterized" flag
     ctx = StageContext(

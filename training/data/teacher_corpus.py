@@ -12,6 +12,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -147,3 +148,14 @@ def load_teacher_corpus(ctx: StageContext, image_size: int) -> Corpus:
         raise KeyError(f"stage {ctx.name} in bootstrap mode needs the embedded_corpus input")
     shard_dir = ctx.inputs["embedded_corpus"] / TEACHER_SHARDS_DIR
     return read_corpus(shard_dir, round(image_size * STORE_FACTOR), progress=ctx.progress)
+
+
+def split_summary(corpus: Corpus, train_idx: torch.Tensor, held_idx: torch.Tensor) -> dict[str, Any]:
+    """What a bootstrapping stage reports of its corpus: sizes of each part, chance top-1, skips."""
+    return {
+        "corpus_samples": len(corpus),
+        "train_samples": len(train_idx),
+        "heldout_samples": len(held_idx),
+        "random_top1": 1.0 / len(held_idx),
+        "skipped": dict(corpus.skipped),
+    }

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
+# What a training stage writes beside its model: the per-step history and its loss-curve preview.
+HISTORY_FILE = "history.parquet"
+LOSS_CURVE = "previews/loss_curve.png"
+
 
 def plot_history(histories: dict[str, pd.DataFrame], path: Path, title: str) -> Path:
     """Loss curves (total loss, and the CoCa's parts when present) as a PNG."""

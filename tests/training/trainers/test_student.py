@@ -1,0 +1,152 @@
+"""The student trainer: it learns, repeats under a seed, caps the temperature, resumes its RNGs."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from tests.conftest import section
+from training.models.students import build_student, load_student
+from training.student_model import save_outputs
+from training.trainers.student import restore_rng_state, rng_state, train_student
+
+DIMS = [8, 12]  # two stand-in teachers
+
+
+SCALES = [100.0, 50.0]
+
+
+COLORS = ["red", "green", "blue", "yellow"]
+
+
+SHAPES = ["circle", "square", "star"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # The shared 2-core test machine is often oversubscribed; two OpenMP threads then spin-wait
+    # on each other and run 10-100x slower. One thread keeps these tests fast; it is restored
+    # after each test, and the stage itself never changes the thread count.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _caption(i: int) -> str:
+    return f"a {COLORS[i % 4]} {SHAPES[i % 3]} number {i}"
+
+
+class FixedBatch(Dataset):
+    """In-memory items of the reinforced loader's shape; the same views every epoch."""
+
+    def __init__(self, n: int, *, bad_syn_tokens: bool = False) -> None:
+        g = torch.Generator().manual_seed(0)
+        tok = build_student("tiny-vit").tokenizer()
+        self.pixels = torch.rand(n, 3, 64, 64, generator=g)
+        self.tokens_real = tok([_caption(i) for i in range(n)])
+        self.tokens_syn = tok([f"picture of {_caption(i)}" for i in range(n)])
+        if bad_syn_tokens:
+            self.tokens_syn.fill_(10**7)  # out of vocabulary: any use of them fails loudly
+        base = F.normalize(torch.randn(n, sum(DIMS), generator=g), dim=-1)
+        self.t_img = base
+        self.t_txt_real = F.normalize(base + 0.3 * torch.randn(n, sum(DIMS), generator=g), dim=-1)
+        self.t_txt_syn = F.normalize(base + 0.3 * torch.randn(n, sum(DIMS), generator=g), dim=-1)
+
+    def __len__(self) -> int:
+        return len(self.pixels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {
+            "pixels": self.pixels[i],
+            "tokens_real": self.tokens_real[i],
+            "tokens_syn": self.tokens_syn[i],
+            "t_img": self.t_img[i],
+            "t_txt_real": self.t_txt_real[i],
+            "t_txt_syn": self.t_txt_syn[i],
+        }
+
+
+def test_overfits_a_fixed_batch_and_reloads_identically(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_student("tiny-vit")
+    data = FixedBatch(8)
+    cfg = section("student_model", steps=30, batch_size=8, warmup_steps=3, lr=1e-3, distill_lambda=0.5, log_every=5)
+    result = train_student(model, data, cfg, DIMS, SCALES)
+    loss = result.history["loss"].to_numpy()
+    assert len(loss) == 30
+    assert loss[-5:].mean() < 0.6 * loss[:3].mean(), loss
+    assert result.history["lr"].iloc[2] == pytest.approx(1e-3)  # end of warmup
+    assert result.history["lr"].iloc[-1] < 1e-4  # cosine decays toward 0
+
+    save_outputs(model, result, cfg, tmp_path)
+    reloaded = load_student(tmp_path / "model")
+    model.eval()
+    with torch.no_grad():
+        batch = {k: torch.stack([data[i][k] for i in range(4)]) for k in ("pixels", "tokens_real")}
+        assert torch.allclose(reloaded.encode_image(batch["pixels"]), model.encode_image(batch["pixels"]), atol=1e-6)
+        assert torch.allclose(
+            reloaded.encode_text(batch["tokens_real"]), model.encode_text(batch["tokens_real"]), atol=1e-6
+        )
+        fresh = build_student("tiny-vit").eval()
+        assert not torch.allclose(fresh.encode_image(batch["pixels"]), model.encode_image(batch["pixels"]), atol=1e-3)
+
+
+def test_real_captions_only_never_touches_synthetic_ones() -> None:
+    torch.manual_seed(0)
+    data = FixedBatch(4, bad_syn_tokens=True)
+    cfg = section("student_model", steps=2, batch_size=4, warmup_steps=1, use_synthetic_captions=False)
+    result = train_student(build_student("tiny-vit"), data, cfg, DIMS, SCALES)
+    assert np.isfinite(result.history["loss"]).all()
+    with pytest.raises(IndexError):  # the same data with synthetic captions on does use them
+        train_student(
+            build_student("tiny-vit"), data, cfg.model_copy(update={"use_synthetic_captions": True}), DIMS, SCALES
+        )
+
+
+def test_seeded_runs_repeat_and_logit_scale_is_capped() -> None:
+    cfg = section("student_model", steps=2, batch_size=4, warmup_steps=1, seed=3)
+    histories = []
+    for _ in range(2):
+        torch.manual_seed(cfg.seed)
+        model = build_student("tiny-vit")
+        with torch.no_grad():
+            model.logit_scale.fill_(6.0)  # exp(6) = 403 > the cap of 100
+        histories.append(train_student(model, FixedBatch(6), cfg, DIMS, SCALES).history)
+        assert float(model.logit_scale.detach().exp()) <= 100.0 + 1e-4
+    assert (histories[0]["logit_scale"] <= 100.0 + 1e-4).all()
+    pd.testing.assert_frame_equal(histories[0].drop(columns=["grad_norm"]), histories[1].drop(columns=["grad_norm"]))
+
+
+def test_too_small_dataset_is_a_clear_error() -> None:
+    cfg = section("student_model", steps=1, batch_size=4)
+    with pytest.raises(ValueError, match="at least 2"):
+        train_student(build_student("tiny-vit"), FixedBatch(1), cfg, DIMS, SCALES)
+
+
+def test_rng_state_round_trips_through_a_weights_only_load(tmp_path: Path) -> None:
+    """Exact resume needs every RNG back, read by the safe loader."""
+    random.seed(1)
+    np.random.seed(2)
+    np.random.standard_normal()  # leaves a cached Gaussian in numpy's state
+    torch.manual_seed(3)
+    torch.save({"rng": rng_state()}, tmp_path / "rng.pt")
+    expected = (random.random(), np.random.standard_normal(3), np.random.random(), torch.rand(3))
+
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])
+    again = (random.random(), np.random.standard_normal(3), np.random.random(), torch.rand(3))
+    assert again[0] == expected[0]
+    np.testing.assert_array_equal(again[1], expected[1])
+    assert again[2] == expected[2]
+    assert torch.equal(again[3], expected[3])
