@@ -57,7 +57,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: no decay on biases, norm weights, the logit scale and embeddings.
 
     Every parameter of rank < 2 is a bias, a norm gain, a class token or the logit scale;
-    token and positional embeddings are matrices, so they are excluded by name.
+    token and positional embeddings are matrices, so they are excluded by name (timm's and
+    CLIP's practice: decaying a lookup table shrinks rows the batch never touched). The one
+    rule for every model the pipeline trains: students, bootstrapped teachers and captioner.
     """
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -71,14 +73,3 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-
-
-def open_clip_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # open_clip's rule: no decay for gains, biases, norms and the temperature.
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        exclude = p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
-        (no_decay if exclude else decay).append(p)
-    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]

@@ -18,7 +18,7 @@ from clipforge.progress import Progress, no_progress
 from clipforge.stage_api import Tracker
 from training.data.teacher_corpus import Corpus, random_resized_crop
 from training.models.open_clip_models import model_config
-from training.optim import clamp_logit_scale_, cosine_lr, open_clip_param_groups, set_lr
+from training.optim import clamp_logit_scale_, cosine_lr, param_groups, set_lr
 
 LOG_EVERY = 10
 
@@ -75,9 +75,7 @@ def train_loop(
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
     mean, std = pixel_norm(model)
-    optimizer = torch.optim.AdamW(
-        open_clip_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
-    )
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     batches = _batches(train_idx, cfg.batch_size, gen)
     steps: Iterable[int] = progress(range(cfg.steps), f"train {label}", cfg.steps)
     rows: list[dict[str, float]] = []

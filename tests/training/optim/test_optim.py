@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from training.models.open_clip_models import fresh_model
 from training.models.students import build_student
 from training.optim import MAX_SCALE_MULTIPLIER, clamp_logit_scale_, cosine_lr, param_groups, scale_multiplier
 
@@ -36,6 +37,19 @@ def test_no_weight_decay_on_biases_norms_scale_and_embeddings() -> None:
     assert all("ln" not in n.split(".")[-2] for n in decay if n.endswith("weight"))
     assert any("attn.in_proj_weight" in n for n in decay) and "clip.text_projection" in decay
     assert len(decay) + len(no_decay) == len(list(model.parameters()))
+
+
+def test_the_bootstrap_trainers_use_the_same_rule() -> None:
+    # One rule for every model the pipeline trains: an open_clip teacher's embeddings are not
+    # decayed either, and its matrices are.
+    teacher = fresh_model("cf-tiny-vit-teacher")
+    decay_group, no_decay_group = param_groups(teacher, 0.1)
+    names = {id(p): n for n, p in teacher.named_parameters()}
+    no_decay = {names[id(p)] for p in no_decay_group["params"]}
+    decay = {names[id(p)] for p in decay_group["params"]}
+    assert {"token_embedding.weight", "positional_embedding", "logit_scale"} <= no_decay
+    assert "visual.positional_embedding" in no_decay and "text_projection" in decay
+    assert all(param.ndim >= 2 for name, param in teacher.named_parameters() if name in decay)
 
 
 def test_the_logit_scale_cap_is_100_as_a_multiplier() -> None:
