@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pandas as pd
 
@@ -30,8 +30,6 @@ from export.onnx_verify import verify_image_onnx, verify_text_onnx
 from export.reparameterize import pending_folds
 from export.wrappers import IMAGE_INPUT, OUTPUT_NAME, TEXT_INPUT, ImageEmbedder, TextEmbedder
 from training.models.students import STUDENT_FILE, StudentClip, is_folded_student, load_student
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)

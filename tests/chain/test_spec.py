@@ -22,3 +22,27 @@ def test_inputs_come_earlier_in_the_chain_and_sections_exist() -> None:
         assert set(spec.sections) <= set(Params.model_fields), spec.name
         seen.add(spec.name)
     assert list(STAGES) == [spec.name for spec in CHAIN]
+
+
+def test_the_runner_gives_a_stage_only_its_declared_sections(tmp_path, monkeypatch) -> None:
+    # A stage that reads a section it does not declare fails in the runner, before publishing.
+    import pytest
+
+    from chain import runner
+    from chain.spec import StageSpec
+    from clipforge.lake import open_lake
+    from clipforge.stage_api import UndeclaredParamsSection
+    from tests.conftest import tiny_params_for
+
+    params = tiny_params_for(tmp_path)
+    sneaky = StageSpec(
+        name="embedded_corpus",
+        module="tests.chain.sneaky_stage",
+        inputs=(),
+        sections=("embedded_corpus",),
+        description="reads student_model without declaring it",
+    )
+    monkeypatch.setitem(runner.STAGES, "embedded_corpus", sneaky)
+    with pytest.raises(UndeclaredParamsSection, match="student_model"):
+        runner.run_stage("embedded_corpus", params, track=False, report_dir=None, metrics_dir=None)
+    assert open_lake(params.lake).published_version("embedded_corpus") is None

@@ -13,6 +13,8 @@ from clipforge.lake import (
     LATEST_POINTER,
     SUCCESS_MARKER,
     Lake,
+    LocalLake,
+    S3Lake,
     StageNotPublished,
     StorageError,
     open_lake,
@@ -179,3 +181,16 @@ def test_unreachable_endpoint_raises_storage_error_without_credentials(
         assert "unreachable" in message and "s3://lake/runs/r1/stage_a" in message
         assert secret_key not in message and access_key not in message
     assert not any((tmp_path / "cache" / "staging" / ".staging").iterdir())
+
+
+def test_open_lake_picks_the_backend_and_both_list_published_files(tmp_path: Path, moto_s3: str) -> None:
+    local = open_lake(with_changes(default_params().lake, root=str(tmp_path / "lake")))
+    s3 = s3_lake(moto_s3, "lake-listing", tmp_path / "cache")
+    assert isinstance(local, LocalLake) and isinstance(s3, S3Lake)
+    for lake in (local, s3):
+        assert lake.published_files("stage_a") == [] and lake.published_version("stage_a") is None
+        with lake.publish("stage_a") as staging:
+            write_files(staging, "v1")
+        # The record lists the files without reading them (the sensor's view of a stage).
+        assert lake.published_files("stage_a") == ["data.txt", "nested/deeper/part.bin"]
+        assert lake.published_record("stage_a")["version"] == lake.published_version("stage_a")

@@ -17,18 +17,17 @@ Any model works that offers ``encode_image(pixels [B, 3, S, S] in [0, 1]) -> [B,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from PIL import Image
 
+from clipforge.progress import Progress, no_progress
 from training.data.benchmark import PLACEHOLDER, Task
 
-T = TypeVar("T")
-Progress = Callable[[Iterable[Any], str, int | None], Iterator[Any]]
 Tokenizer = Callable[[list[str]], torch.Tensor]
 RECALL_KS = (1, 5, 10)
 
@@ -37,10 +36,6 @@ class ClipLike(Protocol):
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor: ...
-
-
-def no_progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
-    return iter(items)
 
 
 def pixels_from_pil(images: Sequence[Image.Image], size: int) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.open_clip_models import fresh_model  # importing it registers clipforge's cf-* configs
+from training.optim import scale_multiplier
 
 STUDENT_FILE = "student.json"
 # A stage that publishes a student (student_model, reparameterized_model) keeps its folder here.
@@ -61,8 +62,8 @@ class StudentClip(nn.Module):
         return F.normalize(self.clip.encode_text(tokens), dim=-1)
 
     def forward(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # The learnable temperature is capped at 100 (docs/method.md §2.7).
-        return self.encode_image(pixels), self.encode_text(tokens), self.clip.logit_scale.exp().clamp(max=100)
+        # The learnable temperature is capped (docs/method.md §2.7).
+        return self.encode_image(pixels), self.encode_text(tokens), scale_multiplier(self.clip.logit_scale)
 
     def tokenizer(self) -> Callable[[list[str]], torch.Tensor]:
         tok = open_clip.get_tokenizer(self.info.tokenizer)
