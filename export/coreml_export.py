@@ -104,9 +104,7 @@ def _describe(mlmodel: Any, student: StudentClip, tower: str, module: nn.Module,
     mlmodel.output_description[OUTPUT_NAME] = f"L2-normalised {student.info.embed_dim}-d {tower} embedding"
 
 
-def export_image_encoder(
-    student: StudentClip, path: Path, *, precision: Precision = "float16", target: str = "iOS17"
-) -> ExportResult:
+def export_image_encoder(student: StudentClip, path: Path, *, precision: Precision, target: str) -> ExportResult:
     """Write ``path`` (an .mlpackage) for the image tower of an eval-mode student."""
     import coremltools as ct
 
@@ -134,9 +132,7 @@ def export_image_encoder(
     return ExportResult(path=path, tower="image", seconds=time.perf_counter() - started)
 
 
-def export_text_encoder(
-    student: StudentClip, path: Path, *, precision: Precision = "float16", target: str = "iOS17"
-) -> ExportResult:
+def export_text_encoder(student: StudentClip, path: Path, *, precision: Precision, target: str) -> ExportResult:
     """Write ``path`` (an .mlpackage) for the text tower of an eval-mode student."""
     import coremltools as ct
 

@@ -38,8 +38,8 @@ class CoremlExpectation:
     # (1, 3, S, S) for the image, (1, context_length) for tokens.
     input_shape: tuple[int, ...]
     embed_dim: int
-    precision: Precision = "float16"
-    minimum_deployment_target: str = "iOS17"
+    precision: Precision  # coreml_package.precision
+    minimum_deployment_target: str  # coreml_package.minimum_deployment_target
     output_name: str = OUTPUT_NAME
     metadata: dict[str, str] = field(default_factory=dict)
     # The student's pixel normalisation, applied inside the network after the 1/255 scale.
@@ -47,9 +47,7 @@ class CoremlExpectation:
     pixel_std: tuple[float, ...] = (1.0, 1.0, 1.0)
 
 
-def expected_image_spec(
-    student: StudentClip, precision: Precision = "float16", target: str = "iOS17"
-) -> CoremlExpectation:
+def expected_image_spec(student: StudentClip, precision: Precision, target: str) -> CoremlExpectation:
     size = student.info.image_size
     return CoremlExpectation(
         input_name=IMAGE_INPUT,
@@ -64,9 +62,7 @@ def expected_image_spec(
     )
 
 
-def expected_text_spec(
-    student: StudentClip, precision: Precision = "float16", target: str = "iOS17"
-) -> CoremlExpectation:
+def expected_text_spec(student: StudentClip, precision: Precision, target: str) -> CoremlExpectation:
     return CoremlExpectation(
         input_name=TEXT_INPUT,
         input_kind="tensor",

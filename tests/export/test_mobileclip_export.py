@@ -36,6 +36,8 @@ from training.models.mobileclip import MobileClip, TextEncoder
 from training.models.mobileclip.variants import OPENAI_MEAN, OPENAI_STD
 from training.models.students import StudentClip, build_student
 
+PACKAGE = default_params().coreml_package  # the stage's precision and deployment target
+
 # Converting MCi towers to Core ML takes 10-30 s a variant.
 pytestmark = pytest.mark.slow
 
@@ -155,8 +157,10 @@ def test_non_unit_mean_std_is_applied_in_the_graph(tmp_path: Path) -> None:
     openai = StudentClip(unit.clip, dataclasses.replace(unit.info, mean=OPENAI_MEAN, std=OPENAI_STD)).eval()
     folded, _ = fold_student(openai, *check_inputs(openai, num_images=1))
     package = tmp_path / "image_encoder.mlpackage"
-    export_image_encoder(folded, package)
-    check = verify_coreml_spec(package, expected_image_spec(folded))
+    export_image_encoder(folded, package, precision=PACKAGE.precision, target=PACKAGE.minimum_deployment_target)
+    check = verify_coreml_spec(
+        package, expected_image_spec(folded, precision=PACKAGE.precision, target=PACKAGE.minimum_deployment_target)
+    )
     assert check.passed, check.problems
     # After the ImageType's 1/255: (x - mean) / std, i.e. x / std - mean / std per channel.
     normalisation = check.facts["input_normalisation"]
@@ -165,11 +169,17 @@ def test_non_unit_mean_std_is_applied_in_the_graph(tmp_path: Path) -> None:
     assert np.allclose(normalisation["shift"], -mean / std, atol=2e-3)
     # The check can fail: this package is not a unit-mean/std model, nor the other way round.
     unit_folded, _ = fold_student(unit, *check_inputs(unit, num_images=1))
-    wrong = verify_coreml_spec(package, expected_image_spec(unit_folded))
+    wrong = verify_coreml_spec(
+        package, expected_image_spec(unit_folded, precision=PACKAGE.precision, target=PACKAGE.minimum_deployment_target)
+    )
     assert any("expected (x - mean) / std" in problem for problem in wrong.problems)
     unit_package = tmp_path / "unit.mlpackage"
-    export_image_encoder(unit_folded, unit_package)
-    assert not verify_coreml_spec(unit_package, expected_image_spec(folded)).passed
+    export_image_encoder(
+        unit_folded, unit_package, precision=PACKAGE.precision, target=PACKAGE.minimum_deployment_target
+    )
+    assert not verify_coreml_spec(
+        unit_package, expected_image_spec(folded, precision=PACKAGE.precision, target=PACKAGE.minimum_deployment_target)
+    ).passed
     # ONNX takes [0, 1] pixels too and normalises inside: parity with the student.
     onnx_file = tmp_path / "image_encoder.onnx"
     export_image_onnx(folded, onnx_file, opset=18)
@@ -190,8 +200,10 @@ def test_a_causal_text_tower_converts(tmp_path: Path) -> None:
     causal = TextEncoder(blocks=("attn",), width=32, heads=2, embed_dim=nano.info.embed_dim, causal=True)
     student = StudentClip(MobileClip(nano.clip.visual, causal, nano.clip.config), nano.info).eval()
     package = tmp_path / "text_encoder.mlpackage"
-    export_text_encoder(student, package)
-    check = verify_coreml_spec(package, expected_text_spec(student))
+    export_text_encoder(student, package, precision=PACKAGE.precision, target=PACKAGE.minimum_deployment_target)
+    check = verify_coreml_spec(
+        package, expected_text_spec(student, precision=PACKAGE.precision, target=PACKAGE.minimum_deployment_target)
+    )
     assert check.passed and check.facts["argmax_ops"] == 1, check.problems
     assert verify_coreml_weights(package, TextEmbedder(student), "text").passed
     onnx_file = tmp_path / "text_encoder.onnx"

@@ -24,8 +24,10 @@ from export.onnx_verify import verify_image_onnx, verify_text_onnx
 from export.package import FILES, verify_package
 from export.reparameterize import reparameterize
 from export.wrappers import ImageEmbedder, weights_fingerprint
-from tests.conftest import REPO, stage_gate
+from tests.conftest import REPO, default_params, stage_gate
 from training.models.students import StudentClip, build_student, save_student
+
+PACKAGE = default_params().coreml_package  # the stage's precision and deployment target
 
 
 def _student(seed: int) -> StudentClip:
@@ -148,12 +150,18 @@ def test_a_different_model_fails_verification_without_raising(packaged: Packaged
 def test_spec_mismatches_are_reported(packaged: Packaged) -> None:
     student = packaged.student
     path = packaged.out_dir / "image_encoder.mlpackage"
-    assert verify_coreml_spec(path, expected_image_spec(student)).passed
+    assert verify_coreml_spec(
+        path, expected_image_spec(student, precision=PACKAGE.precision, target=PACKAGE.minimum_deployment_target)
+    ).passed
     # Asking the image package to be the text encoder, fp32, or iOS 18: each one is caught.
-    assert not verify_coreml_spec(path, expected_text_spec(student)).passed
-    fp32 = verify_coreml_spec(path, expected_image_spec(student, precision="float32"))
+    assert not verify_coreml_spec(
+        path, expected_text_spec(student, precision=PACKAGE.precision, target=PACKAGE.minimum_deployment_target)
+    ).passed
+    fp32 = verify_coreml_spec(
+        path, expected_image_spec(student, precision="float32", target=PACKAGE.minimum_deployment_target)
+    )
     assert any("float32" in p for p in fp32.problems)
-    ios18 = verify_coreml_spec(path, expected_image_spec(student, target="iOS18"))
+    ios18 = verify_coreml_spec(path, expected_image_spec(student, precision=PACKAGE.precision, target="iOS18"))
     assert any("deployment target" in p for p in ios18.problems)
 
 
@@ -172,7 +180,9 @@ def test_corrupted_files_are_detected(packaged: Packaged, tmp_path: Path) -> Non
     assert not scrambled.passed and "differ" in scrambled.problems[0]
     # Truncated: the package no longer loads; reported, not raised.
     weights.write_bytes(bytes(data[: len(data) // 3]))
-    truncated = verify_coreml_spec(package, expected_image_spec(student))
+    truncated = verify_coreml_spec(
+        package, expected_image_spec(student, precision=PACKAGE.precision, target=PACKAGE.minimum_deployment_target)
+    )
     assert not truncated.passed and "does not load" in truncated.problems[0]
 
     onnx_file = tmp_path / "text_encoder.onnx"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,36 +15,11 @@ from PIL import Image
 from clipforge.files import path_sha256
 from clipforge.stage_api import NullTracker, StageContext
 from tests.conftest import default_params, section, stage_gate
+from tests.training.student_helpers import DIMS, SCALES, caption, one_thread  # noqa: F401 (one_thread: autouse)
 from training.data.augment import sample_aug_params
 from training.data.dr_format import DRMeta, DRSample, write_shard
 from training.models.students import build_student, save_student
 from training.student_model import run
-
-DIMS = [8, 12]  # two stand-in teachers
-
-
-SCALES = [100.0, 50.0]
-
-
-COLORS = ["red", "green", "blue", "yellow"]
-
-
-SHAPES = ["circle", "square", "star"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The shared 2-core test machine is often oversubscribed; two OpenMP threads then spin-wait
-    # on each other and run 10-100x slower. One thread keeps these tests fast; it is restored
-    # after each test, and the stage itself never changes the thread count.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _caption(i: int) -> str:
-    return f"a {COLORS[i % 4]} {SHAPES[i % 3]} number {i}"
 
 
 def _unit_rows(rng: np.random.Generator, rows: int) -> np.ndarray:
@@ -76,10 +50,10 @@ def dr_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 param_aug=[sample_aug_params(rng, 48, 40) for _ in range(2)],
                 image_emb=_unit_rows(rng, 2),
                 text_emb=_unit_rows(rng, 3),  # real caption + 2 synthetic
-                syn_text=[f"{_caption(i)} seen", f"picture of {_caption(i)}"],
+                syn_text=[f"{caption(i)} seen", f"picture of {caption(i)}"],
                 key=f"s{i:04d}",
                 jpg=None if i == 12 else _jpg(i),
-                txt=_caption(i),
+                txt=caption(i),
                 sha256="0" * 64,
             )
         )

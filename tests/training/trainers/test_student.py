@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,35 +13,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from tests.conftest import section
+from tests.training.student_helpers import DIMS, SCALES, caption, one_thread  # noqa: F401 (one_thread: autouse)
 from training.models.students import build_student, load_student
 from training.student_model import save_outputs
 from training.trainers.student import restore_rng_state, rng_state, train_student
-
-DIMS = [8, 12]  # two stand-in teachers
-
-
-SCALES = [100.0, 50.0]
-
-
-COLORS = ["red", "green", "blue", "yellow"]
-
-
-SHAPES = ["circle", "square", "star"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The shared 2-core test machine is often oversubscribed; two OpenMP threads then spin-wait
-    # on each other and run 10-100x slower. One thread keeps these tests fast; it is restored
-    # after each test, and the stage itself never changes the thread count.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _caption(i: int) -> str:
-    return f"a {COLORS[i % 4]} {SHAPES[i % 3]} number {i}"
 
 
 class FixedBatch(Dataset):
@@ -52,8 +26,8 @@ class FixedBatch(Dataset):
         g = torch.Generator().manual_seed(0)
         tok = build_student("tiny-vit").tokenizer()
         self.pixels = torch.rand(n, 3, 64, 64, generator=g)
-        self.tokens_real = tok([_caption(i) for i in range(n)])
-        self.tokens_syn = tok([f"picture of {_caption(i)}" for i in range(n)])
+        self.tokens_real = tok([caption(i) for i in range(n)])
+        self.tokens_syn = tok([f"picture of {caption(i)}" for i in range(n)])
         if bad_syn_tokens:
             self.tokens_syn.fill_(10**7)  # out of vocabulary: any use of them fails loudly
         base = F.normalize(torch.randn(n, sum(DIMS), generator=g), dim=-1)
