@@ -1,0 +1,1 @@
+"""Training and evaluation stages (teacher_models, captioner_model, student_model, evaluation) and their libraries."""

@@ -1,0 +1,1 @@
+"""Data formats both writers (pipelines/) and readers (trainers) use: tar shards, DataCompDR, augmentations, loaders."""

@@ -1,0 +1,1 @@
+"""Models: the student registry, open_clip model folders, CoCa sampling, checkpoint layouts, MobileCLIP."""

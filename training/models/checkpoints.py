@@ -8,7 +8,9 @@ open_clip layout for variants open_clip has a config for (MobileCLIP-S1/S2/B, Mo
 not S0, whose MCt text tower open_clip lacks, nor nano) and Apple's layout for every variant.
 Both written layouts are train form: fold after loading, as Apple's and open_clip's code does.
 
-This module imports ``training.models.students``, so ``training.models.mobileclip`` does not re-export it.
+It sits beside the student registry (``training.models.students``), not inside
+``training.models.mobileclip``, which knows nothing of students: the key maps it uses are
+``mobileclip.open_clip_layout`` and ``mobileclip.apple_layout``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Training loops: the bootstrap trainers (CLIP teachers, CoCa) and the student trainer."""

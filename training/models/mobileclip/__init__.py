@@ -3,8 +3,9 @@
 ``build_mobileclip(name)`` builds a variant from ``variant_config(name)``; ``list_variants()``
 names them; ``count_params(model)`` gives (image, text) parameter counts. Every train-time
 multi-branch block has ``reparameterize()`` (fold in eval mode, on a copy: docs/method.md §2.8).
-open_clip's and Apple's checkpoint layouts: ``training.models.checkpoints`` (not re-exported
-here: it builds students, and ``training.models.students`` imports this package).
+The state-dict maps to open_clip's and Apple's checkpoint layouts are ``open_clip_layout`` and
+``apple_layout``; loading whole students from checkpoints is ``training.models.checkpoints``, one
+level up, because it builds students and ``training.models.students`` builds on this package.
 """
 
 from training.models.mobileclip.config import ImageTowerConfig, MobileClipConfig, TextTowerConfig
