@@ -8,7 +8,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from clipforge.config import Params
-from clipforge.params_file import load_params
+from clipforge.params_file import DEFAULT_PARAMS_FILE, load_params
 
 PARAMS_ENV = "CLIPFORGE_PARAMS"
 
@@ -21,7 +21,9 @@ class ClipforgeResource(ConfigurableResource):
     ``resources: {clipforge: {config: {overrides: ["student_model.steps=10"]}}}``).
     """
 
-    params_file: str = Field(default="params.yaml", description="params file (a profile such as profiles/tiny.yaml)")
+    params_file: str = Field(
+        default=DEFAULT_PARAMS_FILE, description="params file (a profile such as profiles/tiny.yaml)"
+    )
     overrides: list[str] = Field(default_factory=list, description="section.key=value overrides, applied last")
 
     def load(self) -> Params:
@@ -29,4 +31,4 @@ class ClipforgeResource(ConfigurableResource):
 
 
 def default_resource() -> ClipforgeResource:
-    return ClipforgeResource(params_file=os.environ.get(PARAMS_ENV, "params.yaml"))
+    return ClipforgeResource(params_file=os.environ.get(PARAMS_ENV, DEFAULT_PARAMS_FILE))

@@ -18,12 +18,12 @@ import logging
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, get_args
 
 from chain.runner import GateFailed, StageReport, read_report, run_stage
 from chain.spec import CHAIN, STAGES
-from clipforge.config import Params
-from clipforge.params_file import ParamsError, load_params
+from clipforge.config import Params, Precision
+from clipforge.params_file import DEFAULT_PARAMS_FILE, ParamsError, load_params
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ EXIT_USAGE = 2  # argparse's code for bad arguments
 
 
 def _add_params(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--params", default=DEFAULT_PARAMS_FILE, help=f"params file (default: {DEFAULT_PARAMS_FILE})")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -91,7 +91,7 @@ def _models() -> int:
         # The large variants are built weightless; open_clip's own models need real tensors.
         with torch.device("meta" if name.startswith("MobileCLIP") else "cpu"):
             student = build_student(name)
-        image, text = (count / 1e6 for count in tower_params(student))
+        image, text = (count / 1e6 for count in tower_params(student.clip))
         paper = getattr(getattr(student.clip, "config", None), "paper_params_m", None)
         info = student.info
         paper_text = f"{paper[0]} + {paper[1]}" if paper else "-"
@@ -118,7 +118,7 @@ def _benchmark_latency(args: argparse.Namespace, params: Params) -> int:
         latency.resolve_variants(variants)
     except (KeyError, ValueError) as err:
         print(f"benchmark latency: {err.args[0]}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     result = latency.run_benchmark(
         variants,
         baseline=args.baseline or latency.DEFAULT_BASELINE,
@@ -184,7 +184,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--student", type=Path, metavar="FOLDER", help="a student folder (student.json), folded or not")
     source.add_argument("--variant", metavar="NAME", help="a freshly initialised (random) model of this variant")
     parser.add_argument("--out", type=Path, help="output folder (default: exports/<variant>)")
-    parser.add_argument("--precision", choices=["float16", "float32"], help="Core ML precision (default: params)")
+    parser.add_argument("--precision", choices=get_args(Precision), help="Core ML precision (default: params)")
     parser.add_argument("--formats", default="coreml,onnx", help="comma-separated: coreml, onnx (default: both)")
     _add_params(parser)  # coreml_package and reparameterized_model: the stage's settings and bars
 

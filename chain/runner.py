@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class GateFailed(RuntimeError):
-    """A stage's quality gate failed (raised by the CLI path; Dagster shows it as a check)."""
+    """A quality gate failed; the CLI turns it into exit code 3 (Dagster shows a failed gate as a check)."""
 
 
 class UpstreamGateFailed(GateFailed):

@@ -22,6 +22,10 @@ Cosine = Annotated[float, Field(ge=-1, le=1)]
 # A contrastive batch needs at least two pairs.
 BatchSize = Annotated[int, Field(ge=2)]
 Text = Annotated[str, Field(min_length=1)]
+# The DataCompDR embedding encodings: "npz" (float32) or "pth.gz" (bfloat16).
+EmbeddingFormat = Literal["npz", "pth.gz"]
+# Core ML compute precision.
+Precision = Literal["float16", "float32"]
 
 
 class _Section(BaseModel):
@@ -97,9 +101,12 @@ class BootstrapTrainConfig(_Section):
     batch_size: BatchSize
     lr: Positive
     weight_decay: Annotated[float, Field(ge=0)]
+    beta1: Annotated[float, Field(ge=0, lt=1)]
+    beta2: Annotated[float, Field(ge=0, lt=1)]
     warmup_steps: NonNegative
     image_size: Count
     seed: Seed
+    log_every: Count
 
 
 class TeacherModelsConfig(_Section):
@@ -119,6 +126,8 @@ class CaptionerModelConfig(_Section):
     mode: Literal["bootstrap", "pretrained"]
     captioner: OpenClipSpec | None
     bootstrap: BootstrapTrainConfig
+    # Nucleus mass of the captions sampled for the bootstrapped captioner's held-out check.
+    heldout_top_p: Annotated[float, Field(gt=0, le=1)]
 
     @model_validator(mode="after")
     def _pretrained_needs_captioner(self) -> CaptionerModelConfig:
@@ -160,8 +169,7 @@ class ReinforcedDatasetConfig(_Section):
     rand_augment_bins: Count
     shard_size: Count
     batch_size: Count
-    # "npz" (float32) or "pth.gz" (bfloat16), both DataCompDR encodings.
-    embedding_format: Literal["npz", "pth.gz"]
+    embedding_format: EmbeddingFormat
     include_images: bool
     seed: Seed
 
@@ -213,7 +221,7 @@ class ReparameterizedModelConfig(_Section):
 
 
 class CoremlPackageConfig(_Section):
-    precision: Literal["float16", "float32"]
+    precision: Precision
     minimum_deployment_target: Text
     onnx_opset: Annotated[int, Field(ge=13)]
     onnx_min_cosine: Cosine

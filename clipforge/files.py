@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+# A sha256 digest as hex, the form every manifest and metadata column holds.
+SHA256_HEX = r"^[0-9a-f]{64}$"
+
 
 def path_bytes(path: Path) -> int:
     """Bytes of a file, or of every file under a folder; 0 when nothing is there."""

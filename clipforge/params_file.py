@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from clipforge.config import Params
 
 BASE_KEY = "base"
+DEFAULT_PARAMS_FILE = "params.yaml"  # what the CLI and the Dagster resource load unless told otherwise
 # Shown errors per load: one bad input gives one line; a file of typos gives a readable few.
 MAX_LINES = 8
 
@@ -171,7 +172,7 @@ def _lines(err: ValidationError, sources: dict[tuple[str, ...], str], top: str) 
     return unique
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+def load_params(path: str | Path = DEFAULT_PARAMS_FILE, overrides: list[str] | None = None) -> Params:
     """Read, merge and validate a params file; the single entry point for configuration."""
     path = Path(path)
     sources: dict[tuple[str, ...], str] = {}

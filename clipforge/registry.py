@@ -51,10 +51,15 @@ def _ensure_registered_model(client: Any, registered_model: str) -> None:
         )
 
 
-def log_model_artifacts(client: Any, run_id: str, model_dir: Path, extra_artifacts: dict[str, Path]) -> None:
-    """Student folder -> ``model/``; each export (file or folder such as .mlpackage) -> ``model/exports/``."""
-    if not (Path(model_dir) / "student.json").is_file():
-        raise FileNotFoundError(f"{model_dir} is not a student folder (no student.json)")
+def log_model_artifacts(
+    client: Any, run_id: str, model_dir: Path, extra_artifacts: dict[str, Path], marker: str
+) -> None:
+    """Model folder -> ``model/``; each export (file or folder such as .mlpackage) -> ``model/exports/``.
+
+    ``marker`` is the file that makes ``model_dir`` a model folder (a student's ``student.json``).
+    """
+    if not (Path(model_dir) / marker).is_file():
+        raise FileNotFoundError(f"{model_dir} is not a model folder (no {marker})")
     client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
     for name, path in extra_artifacts.items():
         path = Path(path)
@@ -73,7 +78,8 @@ def promote_if_better(
     metrics: dict[str, float],
     registered_model: str,
     metric: str,
-    alias: str = "champion",
+    alias: str,
+    marker: str,
 ) -> dict[str, Any]:
     """Register the run's model as a new version; give it ``alias`` if ``metric`` beats the holder's.
 
@@ -87,7 +93,7 @@ def promote_if_better(
         raise KeyError(f"promotion metric {metric!r} not among the metrics: {sorted(metrics)}")
     value = float(metrics[metric])
     client = MlflowClient()
-    log_model_artifacts(client, run_id, Path(model_dir), extra_artifacts)
+    log_model_artifacts(client, run_id, Path(model_dir), extra_artifacts, marker)
     _ensure_registered_model(client, registered_model)
     champion = _champion(client, registered_model, alias)
     version = client.create_model_version(

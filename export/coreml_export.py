@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 import clipforge
+from clipforge.config import Precision
 from export.wrappers import (
     IMAGE_INPUT,
     IMAGE_SCALE,
@@ -31,9 +32,6 @@ from export.wrappers import (
 from training.models.students import StudentClip
 
 AUTHOR = "clipforge"
-
-
-Precision = Literal["float16", "float32"]
 
 
 def deployment_target(name: str) -> Any:

@@ -7,8 +7,8 @@ from __future__ import annotations
 from clipforge.config import Params
 from clipforge.gates.rules import Suite, all_true, between, in_set, positive
 from clipforge.stage_api import StageContext, StageOutcome
-from export.package import load_folded_student, package_student
-from training.models.students import STAGE_MODEL_DIR
+from export.package import FORMATS, load_folded_student, package_student
+from training.models.students import STAGE_MODEL_DIR, TOWERS
 
 
 def quality_suite(params: Params) -> Suite:
@@ -19,8 +19,8 @@ def quality_suite(params: Params) -> Suite:
         nullable=frozenset({"cosine_min", "centred_cosine_min"}),
         unique=(("file",),),
         rules=(
-            in_set("format", ["mlpackage", "onnx"]),
-            in_set("tower", ["image", "text"]),
+            in_set("format", sorted(FORMATS.values())),
+            in_set("tower", list(TOWERS)),
             positive("bytes"),
             all_true("verified"),
             between("cosine_min", bar, None, statement=f"cosine_min >= {bar:g} (coreml_package.onnx_min_cosine)"),

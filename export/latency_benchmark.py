@@ -26,6 +26,7 @@ import torch
 
 from clipforge.progress import Progress, no_progress
 from export.onnx_export import export_image_onnx, export_text_onnx
+from export.package import files_for
 from export.reparameterize import reparameterize
 from training.eval.timing import (
     FORM_LABELS,
@@ -64,7 +65,7 @@ def _onnx_forms(
     student: StudentClip, inputs: dict[str, torch.Tensor], folder: Path, settings: LatencySettings
 ) -> dict[str, Timing]:
     """Export both towers of ``student`` into ``folder`` and time the files in ONNX Runtime."""
-    files = {"image": folder / "image_encoder.onnx", "text": folder / "text_encoder.onnx"}
+    files = {entry.tower: folder / entry.file for entry in files_for(["onnx"])}
     export_image_onnx(student, files["image"], opset=settings.opset)
     export_text_onnx(student, files["text"], opset=settings.opset)
     return onnx_towers(files, inputs, threads=settings.threads, warmup=settings.warmup, repeats=settings.repeats)
@@ -75,7 +76,7 @@ def _torch_forms(student: StudentClip, inputs: dict[str, torch.Tensor], settings
 
 
 def _model_record(name: str, student: StudentClip) -> dict[str, Any]:
-    image, text = tower_params(student)
+    image, text = tower_params(student.clip)
     return {
         "name": name,
         "image_size": student.info.image_size,

@@ -19,11 +19,11 @@ from clipforge.gates.rules import SHA256, Rule, Suite, between, non_empty_text, 
 from clipforge.lake import Lake
 from clipforge.stage_api import StageContext, StageOutcome
 from pipelines.pool.ingest import SKIP_REASONS, IngestState, ingest_tar, shard_uid_index
+from pipelines.pool.shards import POOL_SHARDS_DIR
 from pipelines.pool.source import PoolFiles, PoolSourceError, classify, list_tars, load_metadata, open_source
 from training.data.embedded_layout import POOL_DIR
 from training.data.tar_shards import ShardWriter
 
-SHARDS_DIR = "shards"
 SKIPPED_FILE = "skipped.parquet"
 EMBEDDED_SOURCE = "embedded"  # datacomp_pool.source naming the embedded_corpus stage's pool
 
@@ -104,7 +104,7 @@ def run(ctx: StageContext) -> StageOutcome:
     source = open_source(_source_folder(ctx), ctx.params.lake)
     metadata, metadata_ignored = load_metadata(source)
     state = IngestState()
-    writer = ShardWriter(ctx.out_dir / SHARDS_DIR, ctx.out_dir)
+    writer = ShardWriter(ctx.out_dir / POOL_SHARDS_DIR, ctx.out_dir)
     for item in ctx.progress(source.tars, "shards", total=len(source.tars)):
         parquet = source.shard_parquets.get(item.name)
         uid_by_key: dict[str, str] = {}

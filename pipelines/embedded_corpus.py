@@ -17,7 +17,6 @@ The generator is ``pipelines.embedded``; formats are those of docs/stages.md. Ta
 
 from __future__ import annotations
 
-import io
 import time
 from collections import Counter
 from itertools import islice
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image
 
 from clipforge.config import Params
 from clipforge.gates.rules import Suite, positive, regex
@@ -34,6 +32,7 @@ from pipelines.embedded import captions
 from pipelines.embedded.benchmark import CLASSIFICATION_TASKS, RETRIEVAL_TASK, generate_benchmark
 from pipelines.embedded.pool import generate_pool
 from pipelines.embedded.teacher_corpus import generate_teacher_corpus
+from pipelines.pool.shards import open_rgb
 from pipelines.previews import image_grid
 from training.data.benchmark import CLASSNAMES_FILE
 from training.data.embedded_layout import BENCHMARK_DIR, POOL_DIR, TEACHER_SHARDS_DIR
@@ -61,11 +60,6 @@ def _first_samples(shard: Path, limit: int) -> list[tuple[str, dict[str, bytes]]
     return list(islice(iter_tar_samples(shard), limit))
 
 
-def _decode(jpg: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(jpg)) as image:
-        return image.convert("RGB")
-
-
 def write_previews(out_dir: Path, pool: pd.DataFrame, count: int = 16) -> dict[str, str]:
     """Grids of the first pool, teacher and benchmark samples, read back from the written shards."""
     previews_dir = out_dir / "previews"
@@ -73,7 +67,7 @@ def write_previews(out_dir: Path, pool: pd.DataFrame, count: int = 16) -> dict[s
 
     kinds = dict(zip(pool["key"], pool["caption_kind"], strict=True))
     samples = _first_samples(out_dir / POOL_DIR / pool["shard"].iloc[0], count)
-    images = [_decode(s["jpg"]) for _, s in samples]
+    images = [open_rgb(s["jpg"]) for _, s in samples]
     captions = [
         [s["txt"].decode("utf-8"), f"{kinds[key]}, {im.width}x{im.height}"]
         for (key, s), im in zip(samples, images, strict=True)
@@ -85,7 +79,7 @@ def write_previews(out_dir: Path, pool: pd.DataFrame, count: int = 16) -> dict[s
     if teacher_shard:
         samples = _first_samples(teacher_shard[0], count)
         image_grid(
-            [_decode(s["jpg"]) for _, s in samples],
+            [open_rgb(s["jpg"]) for _, s in samples],
             [s["txt"].decode("utf-8") for _, s in samples],
             previews_dir / "teacher_grid.png",
         )
@@ -95,10 +89,10 @@ def write_previews(out_dir: Path, pool: pd.DataFrame, count: int = 16) -> dict[s
     for task in CLASSIFICATION_TASKS:
         names = (out_dir / BENCHMARK_DIR / task.name / CLASSNAMES_FILE).read_text(encoding="utf-8").splitlines()
         for _, s in _first_samples(out_dir / BENCHMARK_DIR / task.name / "test" / "0.tar", 2):
-            images.append(_decode(s["jpg"]))
+            images.append(open_rgb(s["jpg"]))
             captions.append(f"{task.name}: {names[int(s['cls'].decode())]}")
     for _, s in _first_samples(out_dir / BENCHMARK_DIR / RETRIEVAL_TASK / "test" / "0.tar", 4):
-        images.append(_decode(s["jpg"]))
+        images.append(open_rgb(s["jpg"]))
         captions.append(s["txt"].decode("utf-8").splitlines()[:2])
     image_grid(images, captions, previews_dir / "benchmark_grid.png")
     previews["benchmark_grid"] = "previews/benchmark_grid.png"

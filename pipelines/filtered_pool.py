@@ -8,7 +8,6 @@ kept samples' members unchanged into new shards. Output layout: docs/stages.md,
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from collections import Counter
@@ -25,13 +24,10 @@ from clipforge.gates.rules import Suite, between, non_empty_text
 from clipforge.stage_api import MANIFEST_FILE, StageContext, StageOutcome
 from pipelines.datacomp_pool import POOL_COLUMNS, POOL_SCORE_COLUMNS, pool_rules
 from pipelines.pool.filters import RULE_CLIP, RULES, basic_filter, ensemble_clip_scores, select_by_clip_score
-from pipelines.pool.shards import Sample, ShardFormatError, read_samples
+from pipelines.pool.shards import POOL_SHARDS_DIR, Sample, ShardFormatError, open_rgb, read_samples
 from pipelines.previews import image_grid
 from training.data.tar_shards import ShardWriter
 from training.models.open_clip_models import load_teachers
-
-SHARDS_DIR = "shards"
-
 
 DROPPED_FILE = "dropped.parquet"
 
@@ -70,11 +66,6 @@ def _iter_pool(pool_dir: Path, manifest: pd.DataFrame, shards: list[str]) -> Ite
             raise ShardFormatError(f"{pool_dir / shard}: manifest lists samples the shard lacks, e.g. {missing}")
 
 
-def _open_rgb(data: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(data)) as image:
-        return image.convert("RGB")
-
-
 def _batches(items: Iterator[tuple[str, Sample]], size: int) -> Iterator[list[tuple[str, Sample]]]:
     batch: list[tuple[str, Sample]] = []
     for item in items:
@@ -94,7 +85,7 @@ def score_samples(
     stream = _iter_pool(pool_dir, candidates, _shard_order(candidates))
     total = math.ceil(len(candidates) / batch_size)
     for batch in ctx.progress(_batches(stream, batch_size), "clip score batches", total=total):
-        images = [_open_rgb(sample.jpg) for _, sample in batch]
+        images = [open_rgb(sample.jpg) for _, sample in batch]
         captions = [sample.txt for _, sample in batch]
         values = ensemble_clip_scores(teachers, images, captions)
         for (_, sample), value in zip(batch, values, strict=True):
@@ -141,7 +132,7 @@ def run(ctx: StageContext) -> StageOutcome:
     clip_score = pool["uid"].map(scores)
 
     # Pass 3: copy kept samples, one output shard per input shard.
-    writer = ShardWriter(ctx.out_dir / SHARDS_DIR, ctx.out_dir)
+    writer = ShardWriter(ctx.out_dir / POOL_SHARDS_DIR, ctx.out_dir)
     new_shard: dict[str, str] = {}
     kept_preview: list[tuple[Image.Image, str]] = []
     dropped_preview: list[tuple[Image.Image, str]] = []
@@ -156,11 +147,11 @@ def run(ctx: StageContext) -> StageOutcome:
         if uid in kept_uids:
             new_shard[uid] = writer.write(sample.key, sample.members())
             if len(kept_preview) < PREVIEW_COUNT:
-                kept_preview.append((_open_rgb(sample.jpg), f"{scores[uid]:.2f} {sample.txt}"))
+                kept_preview.append((open_rgb(sample.jpg), f"{scores[uid]:.2f} {sample.txt}"))
         elif len(dropped_preview) < PREVIEW_COUNT and preview_rules[rule_by_uid[uid]] < PREVIEW_PER_RULE:
             # A few per rule, so the grid shows every reason rather than the first one met.
             preview_rules[rule_by_uid[uid]] += 1
-            dropped_preview.append((_open_rgb(sample.jpg), f"[{rule_by_uid[uid]}] {sample.txt}"))
+            dropped_preview.append((open_rgb(sample.jpg), f"[{rule_by_uid[uid]}] {sample.txt}"))
     writer.close()
 
     dropped = pd.DataFrame({"uid": pool["uid"], "rule": rule, "clip_score": clip_score})[rule.notna()]

@@ -36,7 +36,7 @@ from PIL import Image
 from clipforge.config import Params, ReinforcedDatasetConfig
 from clipforge.gates.rules import FINITE_BOUND, Suite, all_true, between, positive
 from clipforge.stage_api import MANIFEST_FILE, StageContext, StageOutcome
-from pipelines.filtered_pool import SHARDS_DIR as POOL_SHARDS_DIR
+from pipelines.pool.shards import POOL_SHARDS_DIR
 from pipelines.synthetic_captions import CAPTIONS_FILE
 from training.data.augment import replay_many, sample_aug_params
 from training.data.dr_format import DR_META_FILE, DR_SHARDS_DIR, DRMeta, DRSample, encode_sample

@@ -15,7 +15,6 @@ summary, never silent.
 from __future__ import annotations
 
 import hashlib
-import io
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -29,11 +28,10 @@ from PIL import Image
 from clipforge.config import Params
 from clipforge.gates.rules import FINITE_BOUND, Suite, between
 from clipforge.stage_api import MANIFEST_FILE, StageContext, StageOutcome
-from pipelines.pool.shards import Sample, ShardFormatError, read_samples
+from pipelines.pool.shards import Sample, ShardFormatError, open_rgb, read_samples
 from pipelines.previews import image_grid
-from training.captioner_model import CAPTIONER_DIR
 from training.models.coca_sampling import generate_captions
-from training.models.open_clip_models import LoadedClip, load_model
+from training.models.open_clip_models import CAPTIONER_DIR, LoadedClip, load_model
 
 CAPTIONS_FILE = "captions.parquet"
 SKIPPED_FILE = "skipped.parquet"
@@ -76,11 +74,6 @@ def _iter_filtered(folder: Path, manifest: pd.DataFrame) -> Iterator[tuple[str, 
             raise ShardFormatError(
                 f"{folder / shard}: manifest lists {len(missing)} uid(s) the shard lacks, e.g. {sorted(missing)[:3]}"
             )
-
-
-def _decode(jpg: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(jpg)) as img:
-        return img.convert("RGB")
 
 
 def caption_stats(captions: list[str]) -> dict[str, Any]:
@@ -130,7 +123,7 @@ def run(ctx: StageContext) -> StageOutcome:
 
     for uid, sample in ctx.progress(_iter_filtered(pool_dir, manifest), "caption", total=len(manifest)):
         try:
-            image = _decode(sample.jpg)
+            image = open_rgb(sample.jpg)
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             skipped.append({"uid": uid, "reason": f"undecodable image ({type(err).__name__})"})
             continue

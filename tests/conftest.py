@@ -128,3 +128,15 @@ def params_with(**sections: dict[str, Any]) -> Params:
     for name, values in sections.items():
         data[name] = {**data[name], **values}
     return Params.model_validate(data)
+
+
+def aug_settings(**changes: Any) -> dict[str, Any]:
+    """params.yaml's augmentation settings as ``sample_aug_params`` keywords (scale, ops, magnitude, bins)."""
+    cfg = default_params().reinforced_dataset
+    settings = {
+        "scale": tuple(cfg.crop_scale),
+        "num_ops": cfg.rand_augment_ops,
+        "magnitude": cfg.rand_augment_magnitude,
+        "num_bins": cfg.rand_augment_bins,
+    }
+    return {**settings, **changes}

@@ -53,7 +53,11 @@ def make_teachers(folder: Path) -> None:
     for seed, model_name in enumerate(("cf-tiny-vit-teacher", "cf-tiny-rn-teacher")):
         torch.manual_seed(seed)
         save_model(
-            folder / f"t{seed}", name=f"t{seed}", model_name=model_name, model=open_clip.create_model(model_name)
+            folder / f"t{seed}",
+            name=f"t{seed}",
+            model_name=model_name,
+            model=open_clip.create_model(model_name),
+            logit_scale=100.0,
         )
     save_ensemble_index(folder, ["t0", "t1"])
 

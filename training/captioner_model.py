@@ -21,15 +21,13 @@ from training.data.teacher_corpus import HOLDOUT_FRACTION, holdout_split, load_t
 from training.eval.heldout import heldout_retrieval, unigram_f1
 from training.models import coca_sampling
 from training.models.model_folders import manifest_row, model_folder_suite
-from training.models.open_clip_models import load_model, save_model
+from training.models.open_clip_models import CAPTIONER_DIR, load_model, save_model
 from training.models.pretrained import resolve_pretrained
 from training.optim import scale_multiplier
 from training.trainers.coca_captioner import train_coca
 from training.trainers.plots import HISTORY_FILE, LOSS_CURVE, plot_history
 
 BOOTSTRAP_CAPTIONER = "cf-tiny-coca"
-# The CoCa's model folder inside the stage folder (synthetic_captions loads it).
-CAPTIONER_DIR = "captioner"
 NUM_EXAMPLE_CAPTIONS = 8
 
 
@@ -49,7 +47,7 @@ def run(ctx: StageContext) -> StageOutcome:
         )
 
     boot = cfg.bootstrap
-    corpus = load_teacher_corpus(ctx, boot.image_size)
+    corpus = load_teacher_corpus(ctx.inputs["embedded_corpus"], boot.image_size, ctx.progress)
     train_idx, held_idx = holdout_split(len(corpus), HOLDOUT_FRACTION, boot.seed)
     result, vocab = train_coca(BOOTSTRAP_CAPTIONER, corpus, train_idx, boot, tracker=ctx.tracker, progress=ctx.progress)
     scale = float(scale_multiplier(result.model.logit_scale.detach()))
@@ -71,7 +69,7 @@ def run(ctx: StageContext) -> StageOutcome:
         loaded,
         held_images,
         num_captions=1,
-        top_p=0.9,
+        top_p=cfg.heldout_top_p,
         max_length=loaded.context_length - 1,
         seeds=list(range(len(held_images))),
     )

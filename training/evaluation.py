@@ -30,7 +30,7 @@ from training.data.benchmark import TaskSpec, list_tasks, load_task
 from training.data.embedded_layout import BENCHMARK_DIR
 from training.eval.timing import example_inputs, forms_markdown, forms_record, machine_facts, onnx_towers, torch_towers
 from training.eval.zeroshot import evaluate_task
-from training.models.students import STAGE_MODEL_DIR, TOWERS, StudentClip, load_student
+from training.models.students import STAGE_MODEL_DIR, STUDENT_FILE, TOWERS, StudentClip, load_student
 
 METRICS_FILE = "metrics.json"
 CLASSIFICATION_METRICS = ("top1", "top5", "mean_per_class_recall")
@@ -183,6 +183,7 @@ def _promote(ctx: StageContext, model_dir: Path, metrics: dict[str, float]) -> d
         registered_model=cfg.registered_model,
         metric=cfg.promotion_metric,
         alias=cfg.champion_alias,
+        marker=STUDENT_FILE,
     )
     return {**base, **decision}
 

@@ -57,7 +57,7 @@ def run(ctx: StageContext) -> StageOutcome:
         )
 
     boot = cfg.bootstrap
-    corpus = load_teacher_corpus(ctx, boot.image_size)
+    corpus = load_teacher_corpus(ctx.inputs["embedded_corpus"], boot.image_size, ctx.progress)
     train_idx, held_idx = holdout_split(len(corpus), HOLDOUT_FRACTION, boot.seed)
     rows, histories, metrics = [], {}, {}
     for name, model_name in BOOTSTRAP_TEACHERS:

@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from clipforge.files import SHA256_HEX
+
 # Upper bound that makes "between" reject +-inf while accepting any real loss or norm.
 FINITE_BOUND = 1e30
-SHA256 = r"^[0-9a-f]{64}$"
+SHA256 = SHA256_HEX
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from clipforge.files import SHA256_HEX
 from pipelines.pool.shards import Sample
 from training.data.tar_shards import IMAGE_EXTS, ShardWriter, TarGroup, iter_tar_groups
 
@@ -83,7 +84,7 @@ SKIP_REASONS: tuple[str, ...] = (
 _UID = re.compile(r"^[0-9A-Za-z_-]{1,128}$")
 
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_SHA256 = re.compile(SHA256_HEX)
 
 
 class SkipSample(Exception):

@@ -8,13 +8,26 @@ there it is a bug. Untrusted tars (a pool someone downloaded) are read with
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from training.data.tar_shards import iter_tar_samples
+
+
+def open_rgb(data: bytes) -> Image.Image:
+    """An encoded image (a shard's ``jpg`` member) decoded to RGB; PIL's errors propagate."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.convert("RGB")
+
+
+# A stage that publishes the pipeline's own shards (datacomp_pool, filtered_pool) keeps them here.
+POOL_SHARDS_DIR = "shards"
 
 
 class ShardFormatError(ValueError):

@@ -11,7 +11,7 @@ import torch
 from clipforge.config import MlflowConfig
 from clipforge.registry import download_version, promote_if_better
 from clipforge.tracking import configure
-from training.models.students import build_student, load_student, save_student
+from training.models.students import STUDENT_FILE, build_student, load_student, save_student
 
 MODEL = "test-student"
 
@@ -66,6 +66,8 @@ def _promote(
             {"score": value, "other": 0.1},
             registered_model=model,
             metric="score",
+            alias="champion",
+            marker=STUDENT_FILE,
         )
 
 
@@ -117,6 +119,8 @@ def test_nan_is_registered_not_promoted_and_missing_metric_is_an_error(experimen
     second = _promote(experiment, students[0], 0.2, model="nan-model")  # no champion yet -> takes the alias
     assert second["promoted"] and second["previous_champion"] is None
     with mlflow.start_run(experiment_id=experiment) as run, pytest.raises(KeyError, match="score"):
-        promote_if_better(run.info.run_id, students[0], {}, {"x": 1.0}, MODEL, "score")
+        promote_if_better(run.info.run_id, students[0], {}, {"x": 1.0}, MODEL, "score", "champion", STUDENT_FILE)
     with mlflow.start_run(experiment_id=experiment) as run, pytest.raises(FileNotFoundError, match="student"):
-        promote_if_better(run.info.run_id, students[0].parent, {}, {"score": 1.0}, MODEL, "score")
+        promote_if_better(
+            run.info.run_id, students[0].parent, {}, {"score": 1.0}, MODEL, "score", "champion", STUDENT_FILE
+        )

@@ -23,6 +23,7 @@ def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             name=name,
             model_name="cf-tiny-vit-teacher",
             model=open_clip.create_model("cf-tiny-vit-teacher"),
+            logit_scale=100.0,
         )
     save_ensemble_index(folder, ["teacher0", "teacher1"])
     return folder

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from clipforge.stage_api import NullTracker, StageContext, StageOutcome
-from pipelines import synthetic_captions as captioning
+from pipelines import synthetic_captions
 from pipelines.pool.shards import Sample, ShardFormatError
 from tests.conftest import tiny_params_for
 from training.data.tar_shards import ShardWriter
@@ -43,7 +43,7 @@ def captioner_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         proj.zero_()
         proj[:, ids] = torch.randn(proj.shape[0], len(ids)) * 1.0
     folder = tmp_path_factory.mktemp("captioner_model") / "captioner"
-    save_model(folder, name="captioner", model_name="cf-tiny-coca", model=model, kind="coca")
+    save_model(folder, name="captioner", model_name="cf-tiny-coca", model=model, kind="coca", logit_scale=100.0)
     return folder.parent
 
 
@@ -79,14 +79,14 @@ def _run(
         tracker=NullTracker(),
         show_progress=False,
     )
-    return captioning.run(ctx), out
+    return synthetic_captions.run(ctx), out
 
 
 def test_captions_every_image_and_counts_skips(tmp_path: Path, captioner_dir: Path) -> None:
     bad = f"{4:032x}"
     pool = _filtered_pool(tmp_path / "pool", bad_uid=bad)
     outcome, out = _run(tmp_path, pool, captioner_dir, "run")
-    caps = pd.read_parquet(out / captioning.CAPTIONS_FILE)
+    caps = pd.read_parquet(out / synthetic_captions.CAPTIONS_FILE)
     expected = [f"{i:032x}" for i in range(9) if i != 4]
     assert caps["uid"].tolist() == expected
     assert all(len(row) == 3 for row in caps["syn_text"])
@@ -98,7 +98,7 @@ def test_captions_every_image_and_counts_skips(tmp_path: Path, captioner_dir: Pa
     m = outcome.manifest
     assert m["uid"].tolist() == expected and (m["num_captions"] == 3).all()
     assert (m["min_caption_chars"] > 0).all() and (m["mean_caption_words"] > 0).all()
-    skipped = pd.read_parquet(out / captioning.SKIPPED_FILE)
+    skipped = pd.read_parquet(out / synthetic_captions.SKIPPED_FILE)
     assert skipped["uid"].tolist() == [bad] and outcome.summary["skipped"] == 1
     assert outcome.metrics["captions_per_second"] > 0
     assert (out / outcome.previews["captions"]).stat().st_size > 1000
@@ -109,7 +109,7 @@ def test_captions_are_seeded_and_batch_independent(tmp_path: Path, captioner_dir
     _, a = _run(tmp_path, pool, captioner_dir, "a")
     _, b = _run(tmp_path, pool, captioner_dir, "b", ["synthetic_captions.batch_size=3"])
     _, c = _run(tmp_path, pool, captioner_dir, "c", ["synthetic_captions.seed=1"])
-    ca, cb, cc = (pd.read_parquet(d / captioning.CAPTIONS_FILE) for d in (a, b, c))
+    ca, cb, cc = (pd.read_parquet(d / synthetic_captions.CAPTIONS_FILE) for d in (a, b, c))
     assert ca["syn_text"].map(list).tolist() == cb["syn_text"].map(list).tolist()
     assert ca["syn_text"].map(list).tolist() != cc["syn_text"].map(list).tolist()
 
@@ -124,6 +124,15 @@ def test_manifest_uid_missing_from_shards_is_an_error(tmp_path: Path, captioner_
 
 
 def test_caption_seed_depends_on_seed_and_uid() -> None:
-    assert captioning.caption_seed(0, "a") == captioning.caption_seed(0, "a")
-    assert len({captioning.caption_seed(0, "a"), captioning.caption_seed(1, "a"), captioning.caption_seed(0, "b")}) == 3
-    assert 0 <= captioning.caption_seed(7, "x") < 2**63
+    assert synthetic_captions.caption_seed(0, "a") == synthetic_captions.caption_seed(0, "a")
+    assert (
+        len(
+            {
+                synthetic_captions.caption_seed(0, "a"),
+                synthetic_captions.caption_seed(1, "a"),
+                synthetic_captions.caption_seed(0, "b"),
+            }
+        )
+        == 3
+    )
+    assert 0 <= synthetic_captions.caption_seed(7, "x") < 2**63

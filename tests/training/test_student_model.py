@@ -14,7 +14,7 @@ from PIL import Image
 
 from clipforge.files import path_sha256
 from clipforge.stage_api import NullTracker, StageContext
-from tests.conftest import default_params, section, stage_gate
+from tests.conftest import aug_settings, default_params, section, stage_gate
 from tests.training.student_helpers import DIMS, SCALES, caption, one_thread  # noqa: F401 (one_thread: autouse)
 from training.data.augment import sample_aug_params
 from training.data.dr_format import DRMeta, DRSample, write_shard
@@ -47,7 +47,7 @@ def dr_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         samples.append(
             DRSample.from_combined(
                 uid=f"{i:032x}",
-                param_aug=[sample_aug_params(rng, 48, 40) for _ in range(2)],
+                param_aug=[sample_aug_params(rng, 48, 40, **aug_settings()) for _ in range(2)],
                 image_emb=_unit_rows(rng, 2),
                 text_emb=_unit_rows(rng, 3),  # real caption + 2 synthetic
                 syn_text=[f"{caption(i)} seen", f"picture of {caption(i)}"],
@@ -57,7 +57,7 @@ def dr_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 sha256="0" * 64,
             )
         )
-    write_shard(folder / "shards" / "00000.tar", samples)
+    write_shard(folder / "shards" / "00000.tar", samples, embedding_format="npz")
     DRMeta(
         teachers=("t0", "t1"),
         teacher_dims=tuple(DIMS),

@@ -1,4 +1,4 @@
-"""Stages teacher_models / captioner_model: corpus reading, augmentation, training, outputs."""
+"""The teacher_models stage: a bootstrapped ensemble, or pretrained specs resolved and checked."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _checkpoint(tmp_path: Path, model_name: str) -> tuple[Path, torch.nn.Module]
     return path, model
 
 
-def test_run_teachers_bootstrap_writes_loadable_ensemble(tmp_path: Path) -> None:
+def test_bootstrap_writes_a_loadable_ensemble(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus", n=40)
     params = tiny_params_for(tmp_path, ["teacher_models.bootstrap.steps=2", "teacher_models.bootstrap.batch_size=8"])
     ctx = bootstrap_ctx(tmp_path, params, corpus, "teacher_models")

@@ -147,11 +147,11 @@ def sample_aug_params(
     width: int,
     height: int,
     *,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    num_ops: int = 2,
-    magnitude: int = 9,
-    num_bins: int = 31,
+    scale: tuple[float, float],
+    num_ops: int,
+    magnitude: int,
+    num_bins: int,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),  # torchvision's RandomResizedCrop default
 ) -> list:
     """Draw one augmentation for a ``width`` x ``height`` source image, in the compact format.
 

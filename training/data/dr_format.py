@@ -31,22 +31,22 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 
+from clipforge.config import EmbeddingFormat
 from training.data.augment import AugParamsError, validate_params
 from training.data.tar_shards import IMAGE_EXTS, TarWriter, iter_tar_samples
 
 DR_META_FILE = "dr_meta.json"
 # A reinforced dataset folder: shards under DR_SHARDS_DIR, DR_META_FILE beside them.
 DR_SHARDS_DIR = "shards"
-EMBEDDING_FORMATS: tuple[str, ...] = ("npz", "pth.gz")
 SYN_KEY_PATTERN = re.compile(r"^syn_text")
 DEFAULT_SYN_KEY = "syn_text"
 
-EmbeddingFormat = Literal["npz", "pth.gz"]
+EMBEDDING_FORMATS: tuple[str, ...] = get_args(EmbeddingFormat)
 TextLayout = Literal["combined", "per_key"]
 
 
@@ -208,7 +208,7 @@ def _encode_embeddings(arrays: dict[str, np.ndarray], embedding_format: str) -> 
 def encode_sample(
     sample: DRSample,
     *,
-    embedding_format: EmbeddingFormat = "npz",
+    embedding_format: EmbeddingFormat,
     layout: TextLayout = "combined",
     param_aug_as_string: bool = False,
 ) -> dict[str, bytes]:
@@ -366,14 +366,14 @@ def read_shard(path: Path, *, expected_dim: int | None = None) -> Iterator[DRSam
         yield decode_sample(key, members, expected_dim=expected_dim)
 
 
-class ShardWriter(TarWriter):
+class DRShardWriter(TarWriter):
     """Writes DR samples to one tar (see :class:`TarWriter`), the members of a sample adjacent."""
 
     def __init__(
         self,
         path: Path,
         *,
-        embedding_format: EmbeddingFormat = "npz",
+        embedding_format: EmbeddingFormat,
         layout: TextLayout = "combined",
     ) -> None:
         if embedding_format not in EMBEDDING_FORMATS:
@@ -393,11 +393,11 @@ def write_shard(
     path: Path,
     samples: Iterable[DRSample],
     *,
-    embedding_format: EmbeddingFormat = "npz",
+    embedding_format: EmbeddingFormat,
     layout: TextLayout = "combined",
 ) -> int:
     """Write ``samples`` to one shard; returns how many were written."""
-    with ShardWriter(path, embedding_format=embedding_format, layout=layout) as writer:
+    with DRShardWriter(path, embedding_format=embedding_format, layout=layout) as writer:
         for sample in samples:
             writer.write(sample)
         return writer.count

@@ -20,9 +20,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipforge.progress import Progress, no_progress
-from clipforge.stage_api import StageContext
 from training.data.embedded_layout import TEACHER_SHARDS_DIR
-from training.data.tar_shards import iter_tar_samples
+from training.data.tar_shards import IMAGE_EXTS, iter_tar_samples
 
 HOLDOUT_FRACTION = 0.05
 
@@ -77,7 +76,7 @@ def read_corpus(shard_dir: Path, side: int, progress: Progress = no_progress) ->
     skipped: Counter[str] = Counter()
     for shard in progress(shards, "decode corpus", len(shards)):
         for key, members in iter_tar_samples(shard):
-            image_bytes = members.get("jpg") or members.get("png") or members.get("jpeg") or members.get("webp")
+            image_bytes = next((members[ext] for ext in IMAGE_EXTS if ext in members), None)
             if image_bytes is None or "txt" not in members:
                 skipped["missing image or caption"] += 1
                 continue
@@ -141,13 +140,10 @@ def resize_full(images: torch.Tensor, out_size: int) -> torch.Tensor:
     return F.interpolate(pixels, size=(out_size, out_size), mode="bicubic", antialias=True).clamp(0, 1)
 
 
-def load_teacher_corpus(ctx: StageContext, image_size: int) -> Corpus:
-    """The teacher corpus of a bootstrapping stage's ``embedded_corpus`` input, stored at
-    STORE_FACTOR x ``image_size``."""
-    if "embedded_corpus" not in ctx.inputs:
-        raise KeyError(f"stage {ctx.name} in bootstrap mode needs the embedded_corpus input")
-    shard_dir = ctx.inputs["embedded_corpus"] / TEACHER_SHARDS_DIR
-    return read_corpus(shard_dir, round(image_size * STORE_FACTOR), progress=ctx.progress)
+def load_teacher_corpus(embedded_corpus: Path, image_size: int, progress: Progress = no_progress) -> Corpus:
+    """The teacher corpus of an ``embedded_corpus`` stage folder, stored at STORE_FACTOR x
+    ``image_size`` (what the bootstrapping stages train on)."""
+    return read_corpus(embedded_corpus / TEACHER_SHARDS_DIR, round(image_size * STORE_FACTOR), progress=progress)
 
 
 def split_summary(corpus: Corpus, train_idx: torch.Tensor, held_idx: torch.Tensor) -> dict[str, Any]:

@@ -11,7 +11,7 @@ full vocabulary logits of every position at every step. Here:
 - vocabulary logits are computed for the last position only, and only for the vocabulary
   columns that can win: projection columns that are exactly zero give logit 0 for every
   hidden state, so they are one lumped group (the bootstrapped captioner is trained that way,
-  see ``training/bootstrap.py``). A row whose nucleus would reach into that group falls back
+  see ``training/trainers/coca_captioner.py``). A row whose nucleus would reach into that group falls back
   to the full vocabulary, so sampling is exact for any CoCa;
 - randomness comes from per-image seeds (uniforms drawn up front and inverse-CDF sampling),
   so an image's captions do not depend on the batch it was captioned in.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +73,7 @@ class LoadedClip:
     context_length: int
     embed_dim: int
     # Fixed scale for this model's distillation target (docs/method.md §2.7), not the learned one.
-    logit_scale: float = 100.0
+    logit_scale: float
     extra: dict[str, Any] = field(default_factory=dict)
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
@@ -116,7 +115,7 @@ def save_model(
     model_name: str,
     model: torch.nn.Module | None,
     kind: str = "clip",
-    logit_scale: float = 100.0,
+    logit_scale: float,
     pretrained: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
@@ -172,16 +171,15 @@ def load_model(folder: Path, device: str = "cpu") -> LoadedClip:
         std=tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD)),
         context_length=int(cfg["text_cfg"].get("context_length", 77)),
         embed_dim=int(cfg["embed_dim"]),
-        logit_scale=float(record.get("logit_scale", 100.0)),
+        logit_scale=float(record["logit_scale"]),
         extra=record.get("extra", {}),
     )
 
 
-def copy_model(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)
-
-
+# The model stages' layouts: teacher_models lists its ensemble in TEACHERS_FILE; captioner_model
+# keeps its CoCa in the CAPTIONER_DIR folder.
 TEACHERS_FILE = "teachers.json"
+CAPTIONER_DIR = "captioner"
 
 
 def save_ensemble_index(folder: Path, names: Sequence[str]) -> None:

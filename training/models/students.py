@@ -125,9 +125,9 @@ def build_student(name: str) -> StudentClip:
     return STUDENT_REGISTRY[name]()
 
 
-def tower_params(student: StudentClip) -> tuple[int, int]:
-    """(image, text) parameter counts: the ``visual`` tower, then the rest but the logit scale."""
-    clip = student.clip
+def tower_params(clip: nn.Module) -> tuple[int, int]:
+    """(image, text) parameter counts of a CLIP (open_clip's or ``MobileClip``, e.g. ``student.clip``):
+    the ``visual`` tower, then the rest but the shared logit scale."""
     image = sum(p.numel() for p in clip.visual.parameters())
     text = sum(p.numel() for p in clip.parameters()) - image - clip.logit_scale.numel()
     return image, text

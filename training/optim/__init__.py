@@ -53,6 +53,16 @@ def scale_multiplier(logit_scale: torch.Tensor) -> torch.Tensor:
     return logit_scale.exp().clamp(max=MAX_SCALE_MULTIPLIER)
 
 
+# AdamW's epsilon for every trainer, as open_clip uses for ViT towers: 1e-8 lets rarely-updated
+# rows take huge steps.
+ADAMW_EPS = 1e-6
+
+
+def adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    """The optimiser every trainer uses: AdamW over :func:`param_groups`."""
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=ADAMW_EPS)
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: no decay on biases, norm weights, the logit scale and embeddings.
 

@@ -18,9 +18,7 @@ from clipforge.progress import Progress, no_progress
 from clipforge.stage_api import Tracker
 from training.data.teacher_corpus import Corpus, random_resized_crop
 from training.models.open_clip_models import model_config
-from training.optim import clamp_logit_scale_, cosine_lr, param_groups, set_lr
-
-LOG_EVERY = 10
+from training.optim import adamw, clamp_logit_scale_, cosine_lr, set_lr
 
 
 def pixel_norm(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +73,7 @@ def train_loop(
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
     mean, std = pixel_norm(model)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     batches = _batches(train_idx, cfg.batch_size, gen)
     steps: Iterable[int] = progress(range(cfg.steps), f"train {label}", cfg.steps)
     rows: list[dict[str, float]] = []
@@ -101,7 +99,7 @@ def train_loop(
             **parts,
         }
         rows.append(row)
-        if tracker is not None and (step % LOG_EVERY == 0 or step == cfg.steps - 1):
+        if tracker is not None and (step % cfg.log_every == 0 or step == cfg.steps - 1):
             tracker.log_metrics({f"{label}_{k}": v for k, v in row.items() if k != "step"}, step=step)
     model.eval()
     return CorpusTrainResult(model, pd.DataFrame(rows), time.perf_counter() - started)

@@ -27,7 +27,7 @@ from clipforge.progress import Progress, no_progress
 from clipforge.stage_api import NullTracker, Tracker
 from training.losses.mobileclip import mobileclip_loss
 from training.models.students import StudentClip
-from training.optim import clamp_logit_scale_, cosine_lr, param_groups, scale_multiplier, set_lr
+from training.optim import adamw, clamp_logit_scale_, cosine_lr, scale_multiplier, set_lr
 
 # Keys a batch must carry (the reinforced data loader's item layout); *_syn only when
 # synthetic captions are used.
@@ -128,10 +128,7 @@ def train_student(
     batch_size = min(cfg.batch_size, n)
 
     model.to(device).train()
-    # eps 1e-6 as open_clip uses for ViT towers: 1e-8 lets rarely-updated rows take huge steps.
-    optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=1e-6
-    )
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     # bf16 autocast only on CUDA; on CPU fp32 is faster than emulated bf16 here.
     use_amp = device.type == "cuda"
     params = [p for p in model.parameters() if p.requires_grad]

@@ -12,6 +12,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms.autoaugment import _apply_op
 
+from tests.conftest import aug_settings
 from training.data.augment import (
     OP_INDEX,
     OP_NAMES,
@@ -37,7 +38,7 @@ def _image(width: int = 80, height: int = 60, seed: int = 0) -> Image.Image:
 def test_sampled_params_have_the_compact_format() -> None:
     rng = np.random.default_rng(0)
     for _ in range(200):
-        params = sample_aug_params(rng, 80, 60)
+        params = sample_aug_params(rng, 80, 60, **aug_settings())
         assert json.loads(json.dumps(params)) == params  # plain JSON types
         (i, j, h, w), ops = params
         assert all(isinstance(v, int) for v in (i, j, h, w))
@@ -51,8 +52,8 @@ def test_sampled_params_have_the_compact_format() -> None:
 
 
 def test_sampling_is_seeded_and_uses_the_magnitude_bin() -> None:
-    a = [sample_aug_params(np.random.default_rng(7), 50, 40) for _ in range(3)]
-    b = [sample_aug_params(np.random.default_rng(7), 50, 40) for _ in range(3)]
+    a = [sample_aug_params(np.random.default_rng(7), 50, 40, **aug_settings()) for _ in range(3)]
+    b = [sample_aug_params(np.random.default_rng(7), 50, 40, **aug_settings()) for _ in range(3)]
     assert a == b
     # torchvision's RandAugment table at bin 9 of 31.
     assert op_strength(OP_INDEX["Rotate"], 9, 31) == pytest.approx(9.0)
@@ -62,14 +63,19 @@ def test_sampling_is_seeded_and_uses_the_magnitude_bin() -> None:
     assert op_strength(OP_INDEX["TranslateX"], 30, 31) == pytest.approx(150 / 331 * 224)
     # Signed ops come out with both signs.
     rng = np.random.default_rng(1)
-    signs = {np.sign(m) for _ in range(300) for op, m in sample_aug_params(rng, 50, 40)[1] if op == OP_INDEX["Rotate"]}
+    signs = {
+        np.sign(m)
+        for _ in range(300)
+        for op, m in sample_aug_params(rng, 50, 40, **aug_settings())[1]
+        if op == OP_INDEX["Rotate"]
+    }
     assert signs == {-1.0, 1.0}
 
 
 def test_extreme_aspect_falls_back_to_a_valid_box() -> None:
     rng = np.random.default_rng(3)
     for _ in range(50):
-        params = sample_aug_params(rng, 300, 12, scale=(0.9, 1.0))
+        params = sample_aug_params(rng, 300, 12, **aug_settings(scale=(0.9, 1.0)))
         validate_params(params, 300, 12)
 
 
@@ -77,7 +83,7 @@ def test_replay_is_deterministic() -> None:
     image = _image()
     rng = np.random.default_rng(5)
     for _ in range(20):
-        params = sample_aug_params(rng, image.width, image.height)
+        params = sample_aug_params(rng, image.width, image.height, **aug_settings())
         first = replay_aug(image, params, 48)
         second = replay_aug(image.copy(), json.loads(json.dumps(params)), 48)
         assert first.shape == (3, 48, 48) and first.dtype == torch.float32
@@ -142,7 +148,7 @@ def test_translation_scales_with_the_output_resolution() -> None:
 def test_replay_many_stacks() -> None:
     image = _image()
     rng = np.random.default_rng(2)
-    params = [sample_aug_params(rng, image.width, image.height) for _ in range(4)]
+    params = [sample_aug_params(rng, image.width, image.height, **aug_settings()) for _ in range(4)]
     views = replay_many(image, params, 32)
     assert views.shape == (4, 3, 32, 32)
     assert torch.equal(views[2], replay_aug(image, params[2], 32))
@@ -187,8 +193,8 @@ def test_malformed_params_are_rejected(params: object) -> None:
 def test_bad_sampling_settings_are_rejected() -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError):
-        sample_aug_params(rng, 10, 10, magnitude=31, num_bins=31)
+        sample_aug_params(rng, 10, 10, **aug_settings(magnitude=31, num_bins=31))
     with pytest.raises(ValueError):
-        sample_aug_params(rng, 10, 10, scale=(0.0, 1.0))
+        sample_aug_params(rng, 10, 10, **aug_settings(scale=(0.0, 1.0)))
     with pytest.raises(ValueError):
-        sample_aug_params(rng, 0, 10)
+        sample_aug_params(rng, 0, 10, **aug_settings())

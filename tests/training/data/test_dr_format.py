@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import aug_settings
 from training.data.augment import sample_aug_params
 from training.data.dr_format import (
     DRMeta,
     DRSample,
     DRSampleError,
-    ShardWriter,
+    DRShardWriter,
     decode_sample,
     encode_sample,
     read_shard,
@@ -30,7 +31,7 @@ A, S, D = 3, 2, 12
 
 def _params(seed: int, count: int = A) -> list:
     rng = np.random.default_rng(seed)
-    return [sample_aug_params(rng, 40, 30) for _ in range(count)]
+    return [sample_aug_params(rng, 40, 30, **aug_settings()) for _ in range(count)]
 
 
 def _sample(seed: int = 0, **overrides: object) -> DRSample:
@@ -112,7 +113,7 @@ def test_pth_gz_round_trip_is_bfloat16() -> None:
 def test_shard_round_trip_and_webdataset_compatibility(tmp_path: Path) -> None:
     samples = [_sample(k) for k in range(3)]
     path = tmp_path / "00000.tar"
-    assert write_shard(path, samples) == 3
+    assert write_shard(path, samples, embedding_format="npz") == 3
     with tarfile.open(path) as tar:
         names = tar.getnames()
     assert names[:7] == [
@@ -139,7 +140,7 @@ def test_shards_are_byte_reproducible(tmp_path: Path) -> None:
 
 def test_reader_accepts_param_aug_as_json_string() -> None:
     sample = _sample(3)
-    members = encode_sample(sample, param_aug_as_string=True)
+    members = encode_sample(sample, embedding_format="npz", param_aug_as_string=True)
     assert isinstance(json.loads(members["paug.json"])["param_aug"], str)
     assert decode_sample("k", members).param_aug == sample.param_aug
 
@@ -165,7 +166,7 @@ def test_reader_accepts_per_key_arrays_and_several_syn_keys() -> None:
     assert sample.captions == ["a0", "a1", "b0", "b1", "b2"]
     assert np.array_equal(sample.text_emb, np.concatenate([text, syn_a, syn_b]))
     # The writer's per-key layout reads back the same.
-    again = decode_sample("k", encode_sample(sample, layout="per_key"))
+    again = decode_sample("k", encode_sample(sample, embedding_format="npz", layout="per_key"))
     assert np.array_equal(again.text_emb, sample.text_emb) and again.captions == sample.captions
     with pytest.raises(DRSampleError) as err:  # one key's array missing
         decode_sample(
@@ -257,13 +258,13 @@ def test_expected_dim_is_enforced_and_writer_refuses_bad_samples(tmp_path: Path)
     assert err.value.reason == "bad_shape"
     bad = _sample(6)
     bad.image_emb[1, 2] = np.nan
-    with pytest.raises(DRSampleError), ShardWriter(tmp_path / "x.tar") as writer:
+    with pytest.raises(DRSampleError), DRShardWriter(tmp_path / "x.tar", embedding_format="npz") as writer:
         writer.write(bad)
 
 
 def test_damaged_shard_raises_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "t.tar"
-    write_shard(path, [_sample(k) for k in range(2)])
+    write_shard(path, [_sample(k) for k in range(2)], embedding_format="npz")
     (tmp_path / "broken.tar").write_bytes(path.read_bytes()[:700])
     with pytest.raises(DamagedTarError, match=r"broken\.tar: tar cannot be read whole"):
         list(read_shard(tmp_path / "broken.tar"))

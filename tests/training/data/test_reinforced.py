@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from tests.conftest import aug_settings
 from training.data.augment import replay_aug, sample_aug_params
-from training.data.dr_format import DRMeta, DRSample, ShardWriter, encode_sample, write_shard
+from training.data.dr_format import DRMeta, DRSample, DRShardWriter, encode_sample, write_shard
 from training.data.reinforced import ReinforcedDataset, collate
 
 A, S, DIMS = 4, 3, (8, 4)
@@ -38,7 +39,7 @@ def _sample(k: int, **overrides: object) -> DRSample:
     width, height = 40 + 3 * k, 36 + 2 * k
     fields: dict[str, object] = dict(
         uid=f"{k:032x}",
-        param_aug=[sample_aug_params(rng, width, height) for _ in range(A)],
+        param_aug=[sample_aug_params(rng, width, height, **aug_settings()) for _ in range(A)],
         image_emb=rng.standard_normal((A, D)).astype(np.float32),
         text_emb=rng.standard_normal((1 + S, D)).astype(np.float32),
         syn_text=[f"synthetic caption {s} for sample {k}" for s in range(S)],
@@ -54,16 +55,16 @@ def _sample(k: int, **overrides: object) -> DRSample:
 def stage_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("reinforced")
     DRMeta(("t0", "t1"), DIMS, (100.0, 70.0), A, S, (64, 64)).write(root)
-    write_shard(root / "shards" / "00000.tar", [_sample(k) for k in range(4)])
+    write_shard(root / "shards" / "00000.tar", [_sample(k) for k in range(4)], embedding_format="npz")
     # Second shard: pth.gz embeddings, plus samples the loader must skip and count.
-    with ShardWriter(root / "shards" / "00001.tar", embedding_format="pth.gz") as writer:
+    with DRShardWriter(root / "shards" / "00001.tar", embedding_format="pth.gz") as writer:
         for k in range(4, 6):
             writer.write(_sample(k))
         writer.write(_sample(6, jpg=None))  # released-DataCompDR style: no image
         writer.write(_sample(0))  # duplicate uid
         # A sample whose embeddings hold NaN, written member by member (the writer refuses it).
         good = _sample(8)
-        encoded = encode_sample(good)
+        encoded = encode_sample(good, embedding_format="npz")
         emb = good.image_emb.copy()
         emb[0, 0] = np.nan
         buffer = io.BytesIO()
@@ -157,7 +158,7 @@ def test_replay_throughput_at_64px(stage_dir: Path) -> None:
 
 
 def test_missing_meta_and_unusable_shards_are_clear_errors(tmp_path: Path) -> None:
-    write_shard(tmp_path / "shards" / "00000.tar", [_sample(0, jpg=None)])
+    write_shard(tmp_path / "shards" / "00000.tar", [_sample(0, jpg=None)], embedding_format="npz")
     shards = [tmp_path / "shards" / "00000.tar"]
     with pytest.raises(FileNotFoundError, match=r"dr_meta\.json"):
         ReinforcedDataset(shards, tokenizer, 32)
@@ -165,6 +166,6 @@ def test_missing_meta_and_unusable_shards_are_clear_errors(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="missing_image"):
         ReinforcedDataset(shards, tokenizer, 32, meta=meta)
     wrong_dim = DRMeta(("t0",), (D + 1,), (100.0,), A, S, (64,))
-    write_shard(tmp_path / "shards" / "00001.tar", [_sample(1)])
+    write_shard(tmp_path / "shards" / "00001.tar", [_sample(1)], embedding_format="npz")
     with pytest.raises(ValueError, match="bad_shape"):
         ReinforcedDataset([tmp_path / "shards" / "00001.tar"], tokenizer, 32, meta=wrong_dim)

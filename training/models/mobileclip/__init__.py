@@ -1,7 +1,7 @@
 """The MobileCLIP model family (docs/method.md §4): MCi/ViT image towers, MCt and base text towers.
 
 ``build_mobileclip(name)`` builds a variant from ``variant_config(name)``; ``list_variants()``
-names them; ``count_params(model)`` gives (image, text) parameter counts. Every train-time
+names them (``training.models.students.tower_params`` counts their image and text parameters). Every train-time
 multi-branch block has ``reparameterize()`` (fold in eval mode, on a copy: docs/method.md §2.8).
 The state-dict maps to open_clip's and Apple's checkpoint layouts are ``open_clip_layout`` and
 ``apple_layout``; loading whole students from checkpoints is ``training.models.checkpoints``, one
@@ -17,7 +17,6 @@ from training.models.mobileclip.variants import (
     build_image_tower,
     build_mobileclip,
     build_text_tower,
-    count_params,
     list_variants,
     variant_config,
 )
@@ -35,7 +34,6 @@ __all__ = [
     "build_image_tower",
     "build_mobileclip",
     "build_text_tower",
-    "count_params",
     "list_variants",
     "variant_config",
 ]

@@ -18,7 +18,6 @@ Building under ``with torch.device("meta"):`` gives a weightless model for count
 from __future__ import annotations
 
 import timm
-from torch import nn
 
 from training.models.mobileclip.config import (
     OPENAI_MEAN,
@@ -161,12 +160,3 @@ def build_mobileclip(name: str) -> MobileClip:
     """A freshly initialised (no pretrained weights) model of the named variant, in train mode."""
     config = variant_config(name)
     return MobileClip(build_image_tower(config), build_text_tower(config), config)
-
-
-def _numel(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def count_params(model: MobileClip) -> tuple[int, int]:
-    """(image tower, text tower) parameter counts; the shared logit scale belongs to neither."""
-    return _numel(model.image_tower), _numel(model.text_tower)

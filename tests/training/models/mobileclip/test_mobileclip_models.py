@@ -21,10 +21,10 @@ from training.models.mobileclip import (
     build_image_tower,
     build_mobileclip,
     build_text_tower,
-    count_params,
     list_variants,
     variant_config,
 )
+from training.models.students import tower_params
 
 EOT = 49407  # the CLIP tokenizer's end-of-text id, the highest in its vocabulary
 
@@ -58,7 +58,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_param_counts_match_method_table(short: str) -> None:
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = build_mobileclip(short)
-    image, text = count_params(model)
+    image, text = tower_params(model)
     paper_image, paper_text = PAPER_PARAMS[short]
     assert image / 1e6 == pytest.approx(paper_image, rel=0.02)
     assert text / 1e6 == pytest.approx(paper_text, rel=0.02)
@@ -97,7 +97,7 @@ def test_mobileclip2_variants_build_and_forward(name: str) -> None:
         model = build_mobileclip(name)
     if name in ("MobileCLIP2-S3", "MobileCLIP2-S4"):  # S0/S2/B reuse the v1 towers forwarded above
         _check_meta_forward_shapes(model)
-    image, text = count_params(model)
+    image, text = tower_params(model)
     expected_image, expected_text = MOBILECLIP2_PARAMS[name]
     assert image / 1e6 == pytest.approx(expected_image, rel=0.02)
     assert text / 1e6 == pytest.approx(expected_text, rel=0.02)
@@ -136,7 +136,7 @@ def test_nano_forward_shapes_and_size() -> None:
     torch.manual_seed(0)
     model = build_mobileclip("nano").eval()
     assert isinstance(model, MobileClip)
-    image, text = count_params(model)
+    image, text = tower_params(model)
     assert image + text < 10_000_000  # CPU-sized
     assert model.image_tower is model.visual and model.text_tower is model.text
     with torch.no_grad():
