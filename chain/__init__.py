@@ -1,1 +1,3 @@
-"""The chain of stages, the one runner that executes a stage, and the ``clipforge`` command (docs/architecture.md)."""
+"""The chain of stages, the one runner that executes a stage, and the ``clipforge`` command
+(docs/architecture.md).
+"""

@@ -30,8 +30,6 @@ from export.wrappers import (
 from training.models.students import StudentClip
 
 EXPORTER_ROUTE = "torch.onnx.export(dynamo=True) (torch.export-based exporter)"
-
-
 BATCH_AXIS = "batch"
 
 

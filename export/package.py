@@ -45,8 +45,6 @@ FILES = (
     PackageFile("image_encoder.onnx", "onnx", "image"),
     PackageFile("text_encoder.onnx", "onnx", "text"),
 )
-
-
 FORMATS = {"coreml": "mlpackage", "onnx": "onnx"}  # user-facing name -> PackageFile.format
 
 

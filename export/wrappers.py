@@ -20,14 +20,8 @@ import clipforge
 from training.models.students import StudentClip
 
 IMAGE_INPUT = "image"
-
-
 TEXT_INPUT = "tokens"
-
-
 OUTPUT_NAME = "embedding"
-
-
 IMAGE_SCALE = 1.0 / 255.0  # Core ML image input -> [0, 1] pixels
 
 # Real captions for tracing and checking the text encoder: varied lengths exercise padding and EOT pooling.

@@ -30,11 +30,7 @@ from training.data.tar_shards import ShardWriter
 from training.models.open_clip_models import load_teachers
 
 DROPPED_FILE = "dropped.parquet"
-
-
 PREVIEW_COUNT = 16
-
-
 PREVIEW_PER_RULE = 4
 
 

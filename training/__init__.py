@@ -1,1 +1,3 @@
-"""Training and evaluation stages (teacher_models, captioner_model, student_model, evaluation) and their libraries."""
+"""Training and evaluation stages (teacher_models, captioner_model, student_model, evaluation) and
+their libraries.
+"""

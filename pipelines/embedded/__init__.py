@@ -1,1 +1,3 @@
-"""The embedded corpus generator: scenes, captions, the DataComp-format pool, the teacher corpus, the benchmark."""
+"""The embedded corpus generator: scenes, captions, the DataComp-format pool, the teacher corpus,
+the benchmark.
+"""

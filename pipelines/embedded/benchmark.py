@@ -1,4 +1,6 @@
-"""The held-out benchmark in clip_benchmark's webdataset layout: classification tasks and retrieval."""
+"""The held-out benchmark in clip_benchmark's webdataset layout: classification tasks and
+retrieval.
+"""
 
 from __future__ import annotations
 
@@ -67,8 +69,6 @@ CLASSIFICATION_TASKS: tuple[ClassificationTask, ...] = (
         ),
     ),
 )
-
-
 RETRIEVAL_TASK = "retrieval"
 
 

@@ -1,6 +1,7 @@
 """English captions of a scene, in the kinds web alt-text comes in: full (every attribute, varied
 phrasing), partial (some attributes), wrong (another scene's) and junk (file names, "click
-here", empty)."""
+here", empty).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import numpy as np
 from pipelines.embedded.scenes import COUNT_WORDS, SHAPE_PLURALS, Group, Scene, sample_scene
 
 CAPTION_KINDS: tuple[str, ...] = ("full", "partial", "wrong", "junk", "non_english")
-
 
 # Full-caption templates: {objs} every object, {main}/{extra} the groups, {pos} where the main
 # group is, {bg} "a striped green background", {be} "is"/"are". Eight so that five distinct
@@ -24,18 +24,13 @@ _FULL_TEMPLATES: tuple[str, ...] = (
     "a drawing of {objs} {pos_of_main}, on {bg}",
     "an image showing {objs} on {bg}",
 )
-
 _SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
-
-
 _TEXTURE_WORDS = {
     "plain": ("plain", "solid", ""),
     "striped": ("striped",),
     "dotted": ("dotted", "polka-dot"),
     "checkered": ("checkered", "checkerboard"),
 }
-
-
 _POSITION_PHRASES = {
     "left": ("on the left", "on the left side"),
     "right": ("on the right", "on the right side"),
@@ -157,8 +152,6 @@ _JUNK_FIXED = (
     "placeholder",
     "Buy now!",
 )
-
-
 _JUNK_FORMATS = ("IMG_{n:04d}.jpg", "DSC{n:05d}", "image{n:03d}.png", "photo_{n}.jpeg", "Screenshot {n}")
 
 

@@ -21,16 +21,11 @@ from pipelines.pool.source import SOURCE_SHARDS_DIR
 from training.data.tar_shards import ShardWriter
 
 METADATA_FILE = "metadata.parquet"
-
-
 URL_TEMPLATE = "http://example.invalid/img/{n}.jpg"
-
 
 # Synthetic CLIP image-text similarity per caption kind (mean, before N(0, 0.035) noise):
 # clean captions score high, junk low, like DataComp's B/32 scores.
 _SCORE_MEAN = {"full": 0.33, "partial": 0.29, "non_english": 0.20, "wrong": 0.16, "junk": 0.11}
-
-
 METADATA_SCHEMA = pa.schema(
     [
         ("uid", pa.string()),
@@ -44,8 +39,6 @@ METADATA_SCHEMA = pa.schema(
         ("face_bboxes", pa.list_(pa.list_(pa.float64()))),
     ]
 )
-
-
 SHARD_PARQUET_SCHEMA = pa.schema(
     [
         ("key", pa.string()),

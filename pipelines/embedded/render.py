@@ -1,4 +1,6 @@
-"""Drawing a scene (PIL): a pure function of the scene, so the same seed always gives the same pixels."""
+"""Drawing a scene (PIL): a pure function of the scene, so the same seed always gives the same
+pixels.
+"""
 
 from __future__ import annotations
 

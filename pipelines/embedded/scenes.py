@@ -15,8 +15,6 @@ from typing import Any
 import numpy as np
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "heart")
-
-
 SHAPE_PLURALS: dict[str, str] = {
     "circle": "circles",
     "square": "squares",
@@ -25,7 +23,6 @@ SHAPE_PLURALS: dict[str, str] = {
     "cross": "crosses",
     "heart": "hearts",
 }
-
 
 # Named colours, far apart in RGB so a small model can tell them apart at 24-96 px.
 COLORS: dict[str, tuple[int, int, int]] = {
@@ -38,29 +35,15 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
     "black": (20, 20, 20),
 }
-
-
 COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
-
-
 SIZES: tuple[str, ...] = ("small", "large")
-
-
 COUNTS: tuple[int, ...] = (1, 2, 3, 4)
-
-
 COUNT_WORDS: tuple[str, ...] = ("one", "two", "three", "four")
-
-
 POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "center")
-
-
 TEXTURES: tuple[str, ...] = ("plain", "striped", "dotted", "checkered")
-
 
 # Object radius as a fraction of the canvas' shorter side, before a +-10% jitter.
 _RADIUS = {"small": 0.085, "large": 0.17}
-
 
 # Where a group's object centres may lie: (x0, y0, x1, y1) as fractions of the canvas.
 _REGIONS = {
@@ -70,8 +53,6 @@ _REGIONS = {
     "bottom": (0.0, 0.62, 1.0, 1.0),
     "center": (0.2, 0.2, 0.8, 0.8),
 }
-
-
 _GAP = 0.03  # minimum free space between objects, fraction of the shorter side
 
 

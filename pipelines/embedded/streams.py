@@ -1,4 +1,6 @@
-"""One random stream per part of the embedded corpus, so that resizing one part never changes another."""
+"""One random stream per part of the embedded corpus, so that resizing one part never changes
+another.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +8,7 @@ import numpy as np
 
 # Independent random streams per part (numpy SeedSequence entropy [seed, stream, ...]).
 POOL_STREAM = 1
-
-
 TEACHER_STREAM = 2
-
-
 BENCHMARK_STREAM = 3
 
 

@@ -1,4 +1,6 @@
-"""The clean teacher corpus: full captions of every scene, standing in for the web-scale data real teachers saw."""
+"""The clean teacher corpus: full captions of every scene, standing in for the web-scale data real
+teachers saw.
+"""
 
 from __future__ import annotations
 

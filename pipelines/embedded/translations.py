@@ -9,7 +9,6 @@ from pipelines.embedded.scenes import Group, Scene
 
 LANGUAGES: tuple[str, ...] = ("de", "fr", "es")
 
-
 # Per shape: (gender, singular, plural); per colour: forms the grammar below needs.
 _DE_SHAPES = {
     "circle": ("m", "Kreis", "Kreise"),
@@ -19,8 +18,6 @@ _DE_SHAPES = {
     "cross": ("n", "Kreuz", "Kreuze"),
     "heart": ("n", "Herz", "Herzen"),
 }
-
-
 _DE_COLORS = {
     "red": "rot",
     "orange": "orange",
@@ -31,20 +28,10 @@ _DE_COLORS = {
     "white": "weiß",
     "black": "schwarz",
 }
-
-
 _DE_INVARIANT = {"orange", "lila"}
-
-
 _DE_SIZES = {"small": "klein", "large": "groß"}
-
-
 _DE_COUNTS = ("ein", "zwei", "drei", "vier")
-
-
 _DE_TEXTURES = {"plain": "", "striped": "gestreift", "dotted": "gepunktet", "checkered": "kariert"}
-
-
 _FR_SHAPES = {
     "circle": ("m", "cercle", "cercles"),
     "square": ("m", "carré", "carrés"),
@@ -53,7 +40,6 @@ _FR_SHAPES = {
     "cross": ("f", "croix", "croix"),
     "heart": ("m", "cœur", "cœurs"),
 }
-
 
 # (masc. sing., fem. sing., masc. plural, fem. plural)
 _FR_COLORS = {
@@ -66,17 +52,9 @@ _FR_COLORS = {
     "white": ("blanc", "blanche", "blancs", "blanches"),
     "black": ("noir", "noire", "noirs", "noires"),
 }
-
-
 _FR_SIZES = {"small": ("petit", "petite", "petits", "petites"), "large": ("grand", "grande", "grands", "grandes")}
-
-
 _FR_COUNTS = ("un", "deux", "trois", "quatre")
-
-
 _FR_TEXTURES = {"plain": " uni", "striped": " à rayures", "dotted": " à pois", "checkered": " à carreaux"}
-
-
 _ES_SHAPES = {
     "circle": ("m", "círculo", "círculos"),
     "square": ("m", "cuadrado", "cuadrados"),
@@ -85,8 +63,6 @@ _ES_SHAPES = {
     "cross": ("f", "cruz", "cruces"),
     "heart": ("m", "corazón", "corazones"),
 }
-
-
 _ES_COLORS = {
     "red": ("rojo", "roja", "rojos", "rojas"),
     "orange": ("naranja", "naranja", "naranjas", "naranjas"),
@@ -97,17 +73,11 @@ _ES_COLORS = {
     "white": ("blanco", "blanca", "blancos", "blancas"),
     "black": ("negro", "negra", "negros", "negras"),
 }
-
-
 _ES_SIZES = {
     "small": ("pequeño", "pequeña", "pequeños", "pequeñas"),
     "large": ("grande", "grande", "grandes", "grandes"),
 }
-
-
 _ES_COUNTS = ("un", "dos", "tres", "cuatro")
-
-
 _ES_TEXTURES = {"plain": " liso", "striped": " a rayas", "dotted": " de lunares", "checkered": " a cuadros"}
 
 

@@ -1,1 +1,3 @@
-"""Libraries over an image-text pool: where its files are, ingesting samples, DataComp's filters, the pipeline's own shards."""
+"""Libraries over an image-text pool: where its files are, ingesting samples, DataComp's filters,
+the pipeline's own shards.
+"""

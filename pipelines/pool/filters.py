@@ -7,7 +7,8 @@ see :mod:`pipelines.pool.english`), shorter side at least ``min_image_side``, as
 short) at most ``max_aspect_ratio``. CLIP score: the cosine between a sample's image and
 caption embeddings, averaged over the teacher ensemble, each teacher with its own
 preprocessing and tokenizer; ``mode`` keeps ``score >= threshold``, the top ``top_fraction``,
-or everything (``none``)."""
+or everything (``none``).
+"""
 
 from __future__ import annotations
 
@@ -26,23 +27,11 @@ from pipelines.pool.english import is_english
 
 # Rules in the order they are tested; dropped.parquet names the first that failed.
 RULE_WORDS = "caption_words"
-
-
 RULE_CHARS = "caption_chars"
-
-
 RULE_ENGLISH = "english"
-
-
 RULE_IMAGE_SIDE = "image_side"
-
-
 RULE_ASPECT = "aspect_ratio"
-
-
 RULE_CLIP = "clip_score"
-
-
 RULES: tuple[str, ...] = (RULE_WORDS, RULE_CHARS, RULE_ENGLISH, RULE_IMAGE_SIDE, RULE_ASPECT, RULE_CLIP)
 
 

@@ -27,44 +27,19 @@ from training.data.tar_shards import IMAGE_EXTS, ShardWriter, TarGroup, iter_tar
 
 JPEG_QUALITY = 95
 
-
 # Why a sample was not ingested (skipped.parquet's ``reason``), in the order they are tested.
 UNREADABLE_TAR = "unreadable_tar"  # the file is no tar at all: nothing could be read
-
-
 TRUNCATED_TAR = "truncated_tar"  # the tar is cut short; complete samples before the cut are kept
-
-
 MISSING_IMAGE = "missing_jpg"
-
-
 MISSING_TXT = "missing_txt"
-
-
 MISSING_JSON = "missing_json"
-
-
 CORRUPT_JSON = "corrupt_json"
-
-
 NON_UTF8_CAPTION = "non_utf8_caption"
-
-
 MISSING_UID = "missing_uid"
-
-
 INVALID_UID = "invalid_uid"  # not usable as a webdataset key (DataComp uids are 32 hex chars)
-
-
 CORRUPT_IMAGE = "corrupt_image"
-
-
 IMAGE_TOO_LARGE = "image_too_large"  # PIL's decompression-bomb guard
-
-
 DUPLICATE_UID = "duplicate_uid"  # a later copy of a uid already ingested (the first is kept)
-
-
 SKIP_REASONS: tuple[str, ...] = (
     UNREADABLE_TAR,
     TRUNCATED_TAR,
@@ -79,11 +54,7 @@ SKIP_REASONS: tuple[str, ...] = (
     IMAGE_TOO_LARGE,
     DUPLICATE_UID,
 )
-
-
 _UID = re.compile(r"^[0-9A-Za-z_-]{1,128}$")
-
-
 _SHA256 = re.compile(SHA256_HEX)
 
 

@@ -1,6 +1,7 @@
 """A failed quality gate stops the chain in Dagster: a pool whose captions are all empty fails
 datacomp_pool's blocking check, with the readable reason in the check's metadata, and nothing
-downstream is materialized."""
+downstream is materialized.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The Dagster code location loads and mirrors the chain; the sensor, schedule, resource and
-metadata helpers do what the UI relies on; dvc.yaml runs the same chain."""
+metadata helpers do what the UI relies on; dvc.yaml runs the same chain.
+"""
 
 from __future__ import annotations
 

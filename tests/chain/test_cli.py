@@ -1,5 +1,6 @@
 """The clipforge command: bad params are one line naming the file (or --set) and the key, exit
-code 2, before any stage work or MLflow run starts; a failed gate is exit code 3."""
+code 2, before any stage work or MLflow run starts; a failed gate is exit code 3.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The layers of docs/architecture.md hold: import-linter's contracts, no folder or module cycle,
-and a stage layer that lists exactly the chain's stage modules."""
+and a stage layer that lists exactly the chain's stage modules.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Quality gates: a manifest that follows docs/stages.md passes; each kind of defect fails with
-a readable reason naming the stage, the column and what is wrong."""
+a readable reason naming the stage, the column and what is wrong.
+"""
 
 from __future__ import annotations
 

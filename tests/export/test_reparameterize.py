@@ -5,57 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import open_clip
-import pandas as pd
 import pytest
 import timm
 import torch
-from open_clip.model import CLIP
 from torch import nn
 
-from clipforge.params_file import load_params
-from clipforge.stage_api import StageContext
 from export.reparameterize import fold_state, pending_folds, reparameterize
-from export.reparameterized_model import run
-from tests.conftest import REPO
 from tests.fold_helpers import randomise_branches
-from training.models import students
-from training.models.students import StudentClip, StudentInfo, build_student, load_student, save_student
-
-FASTVIT_VARIANT = "test-fastvit-mci0"
-
-
-def fastvit_student() -> StudentClip:
-    """A small CLIP whose image tower is timm's fastvit_mci0 (MCi0), random init, 64 px."""
-    torch.manual_seed(0)
-    clip = CLIP(
-        embed_dim=32,
-        vision_cfg={
-            "timm_model_name": "fastvit_mci0",
-            "timm_model_pretrained": False,
-            "timm_pool": "avg",
-            "timm_proj": "linear",
-            "image_size": 64,
-        },
-        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-    )
-    info = StudentInfo(
-        variant=FASTVIT_VARIANT,
-        image_size=64,
-        context_length=77,
-        embed_dim=32,
-        mean=tuple(open_clip.OPENAI_DATASET_MEAN),
-        std=tuple(open_clip.OPENAI_DATASET_STD),
-        tokenizer="cf-tiny-vit-student",
-    )
-    return StudentClip(randomise_branches(clip), info)
-
-
-@pytest.fixture
-def fastvit_variant(monkeypatch: pytest.MonkeyPatch) -> str:
-    # A real registry entry, so load_student rebuilds it exactly as it would a shipped variant.
-    monkeypatch.setitem(students.STUDENT_REGISTRY, FASTVIT_VARIANT, fastvit_student)
-    return FASTVIT_VARIANT
+from training.models.students import build_student, load_student, save_student
 
 
 def test_train_mode_is_refused() -> None:
@@ -130,47 +87,3 @@ def test_plain_student_folder_still_loads_as_before(tmp_path: Path) -> None:
     pixels = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(reloaded.encode_image(pixels), model.encode_image(pixels))
-
-
-def _stage_context(tmp_path: Path, model: StudentClip) -> StageContext:
-    upstream = tmp_path / "student_model"
-    save_student(model, upstream / "model")
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    params = load_params(REPO / "profiles" / "tiny.yaml")
-    return StageContext(
-        name="reparameterized_model",
-        params=params,
-        inputs={"student_model": upstream},
-        out_dir=out_dir,
-        show_progress=False,
-    )
-
-
-def _check_manifest(manifest: pd.DataFrame, atol: float) -> None:
-    assert sorted(manifest["tower"]) == ["image", "text"]
-    assert (manifest["folded_modules"] >= 0).all()
-    assert (manifest["max_abs_diff"] <= atol).all()
-
-
-def test_stage_on_plain_student_reports_pass_through(tmp_path: Path) -> None:
-    ctx = _stage_context(tmp_path, build_student("tiny-vit").eval())
-    outcome = run(ctx)
-    _check_manifest(outcome.manifest, ctx.params.reparameterized_model.atol)
-    assert outcome.summary["pass_through"] is True
-    assert (outcome.manifest["folded_modules"] == 0).all()
-    assert (outcome.manifest["max_abs_diff"] == 0).all()
-    record = json.loads((ctx.out_dir / "model" / "student.json").read_text())
-    assert record["reparameterized"] is True and record["variant"] == "tiny-vit"
-    load_student(ctx.out_dir / "model")
-
-
-def test_stage_on_fastvit_student_folds_the_image_tower(tmp_path: Path, fastvit_variant: str) -> None:
-    ctx = _stage_context(tmp_path, build_student(fastvit_variant).eval())
-    outcome = run(ctx)
-    _check_manifest(outcome.manifest, ctx.params.reparameterized_model.atol)
-    per_tower = outcome.manifest.set_index("tower")["folded_modules"]
-    assert per_tower["image"] > 0 and per_tower["text"] == 0
-    assert outcome.summary["pass_through"] is False
-    assert outcome.summary["params_after"] < outcome.summary["params_before"]
-    assert pending_folds(load_student(ctx.out_dir / "model")) == []

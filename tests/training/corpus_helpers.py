@@ -1,5 +1,6 @@
 """A toy teacher corpus on disk (coloured shapes with captions) and a bootstrapping stage's
-context, for the tests of the teacher and captioner stages, their trainers and the corpus reader."""
+context, for the tests of the teacher and captioner stages, their trainers and the corpus reader.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from clipforge.stage_api import NullTracker, StageContext
 from training.data.embedded_layout import TEACHER_SHARDS_DIR
 
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220), "yellow": (240, 220, 30)}
-
 
 SHAPES = ("square", "circle")
 

@@ -1,5 +1,6 @@
 """What the student trainer's and the student_model stage's tests share: two stand-in teachers,
-toy captions, and one intra-op thread per test."""
+toy captions, and one intra-op thread per test.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +11,9 @@ import torch
 
 DIMS = [8, 12]  # two stand-in teachers
 
-
 SCALES = [100.0, 50.0]
 
-
 COLORS = ["red", "green", "blue", "yellow"]
-
 
 SHAPES = ["circle", "square", "star"]
 

@@ -1,1 +1,3 @@
-"""Data formats both writers (pipelines/) and readers (trainers) use: tar shards, DataCompDR, augmentations, loaders."""
+"""Data formats both writers (pipelines/) and readers (trainers) use: tar shards, DataCompDR,
+augmentations, loaders.
+"""

@@ -25,15 +25,10 @@ from training.data.tar_shards import IMAGE_EXTS, iter_tar_samples
 
 HOLDOUT_FRACTION = 0.05
 
-
 # The corpus is stored at this multiple of the training resolution, so crops at scale 0.5
 # still have source pixels to resample from.
 STORE_FACTOR = 1.5
-
-
 CROP_SCALE = (0.5, 1.0)
-
-
 CROP_RATIO = (3 / 4, 4 / 3)
 
 

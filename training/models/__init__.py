@@ -1,1 +1,3 @@
-"""Models: the student registry, open_clip model folders, CoCa sampling, checkpoint layouts, MobileCLIP."""
+"""Models: the student registry, open_clip model folders, CoCa sampling, checkpoint layouts,
+MobileCLIP.
+"""

@@ -27,8 +27,6 @@ from training.trainers.corpus_loop import CorpusTrainResult, check_image_size, t
 
 # open_clip's CoCa defaults (--coca-caption-loss-weight 2, --coca-contrastive-loss-weight 1).
 COCA_CAPTION_WEIGHT = 2.0
-
-
 COCA_CONTRASTIVE_WEIGHT = 1.0
 
 

@@ -6,7 +6,8 @@ exactly those. No teacher runs here.
 
 Seeding: the model init and every epoch's sample order derive from ``student_model.seed`` (an
 epoch's order from ``seed`` and the epoch number alone), so a run is repeatable and a
-checkpoint's (epoch, batch) position is enough to resume the data stream."""
+checkpoint's (epoch, batch) position is enough to resume the data stream.
+"""
 
 from __future__ import annotations
 
@@ -32,8 +33,6 @@ from training.optim import adamw, clamp_logit_scale_, cosine_lr, scale_multiplie
 # Keys a batch must carry (the reinforced data loader's item layout); *_syn only when
 # synthetic captions are used.
 BATCH_KEYS = ("pixels", "tokens_real", "t_img", "t_txt_real")
-
-
 SYN_KEYS = ("tokens_syn", "t_txt_syn")
 
 

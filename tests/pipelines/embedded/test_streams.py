@@ -1,4 +1,6 @@
-"""Each part of the corpus has its own random stream: same seed, same bytes; resizing one part leaves the others alone."""
+"""Each part of the corpus has its own random stream: same seed, same bytes; resizing one part
+leaves the others alone.
+"""
 
 from __future__ import annotations
 

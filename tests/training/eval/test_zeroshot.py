@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.data.benchmark import list_tasks, load_benchmark, load_task, shard_paths
+from tests.training.benchmark_helpers import COLOURS, solid
 from training.eval.zeroshot import (
     class_weights_from_prompt_embeddings,
     classification_metrics,
@@ -22,8 +19,6 @@ from training.eval.zeroshot import (
     pixels_from_pil,
     retrieval_metrics,
 )
-
-COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
 
 class ColourModel:
@@ -52,8 +47,21 @@ class ColourModel:
         return torch.tensor([[float(name in text) for name in COLOURS] for text in texts])
 
 
-def solid(colour: str, size: tuple[int, int] = (12, 8)) -> Image.Image:
-    return Image.new("RGB", size, COLOURS[colour])
+def _classification_task(tmp_path: Path, counts: dict[str, int]):
+    from training.data.benchmark import Task
+
+    images = [solid(c) for c, n in counts.items() for _ in range(n)]
+    labels = [list(COLOURS).index(c) for c, n in counts.items() for _ in range(n)]
+    return Task(
+        name="colours",
+        type="classification",
+        folder=tmp_path,
+        keys=[str(i) for i in range(len(images))],
+        images=images,
+        labels=labels,
+        classnames=list(COLOURS),
+        templates=["a photo of {c}.", "something {c}"],
+    )
 
 
 def test_classification_metrics_perfect_and_capped_top5() -> None:
@@ -91,23 +99,6 @@ def test_fill_templates_and_weights_average_normalised_embeddings() -> None:
     weights = class_weights_from_prompt_embeddings(prompt_emb, 2)
     assert torch.allclose(weights[0], torch.tensor([1.0, 1.0]) / 2**0.5)
     assert torch.allclose(weights[1], torch.tensor([0.0, 1.0]))
-
-
-def _classification_task(tmp_path: Path, counts: dict[str, int]):
-    from training.data.benchmark import Task
-
-    images = [solid(c) for c, n in counts.items() for _ in range(n)]
-    labels = [list(COLOURS).index(c) for c, n in counts.items() for _ in range(n)]
-    return Task(
-        name="colours",
-        type="classification",
-        folder=tmp_path,
-        keys=[str(i) for i in range(len(images))],
-        images=images,
-        labels=labels,
-        classnames=list(COLOURS),
-        templates=["a photo of {c}.", "something {c}"],
-    )
 
 
 def test_evaluate_classification_perfect_model(tmp_path: Path) -> None:
@@ -180,119 +171,3 @@ def test_pixels_from_pil_resizes_shorter_side_and_centre_crops() -> None:
     assert pixels.shape == (1, 3, 16, 16)
     assert pixels.min() >= 0 and pixels.max() <= 1
     assert pixels[0, :, :, 1:-1].min() > 0.9  # only white remains inside the crop
-
-
-# --- the clip_benchmark webdataset reader ---------------------------------------------------
-
-
-def _encode(image: Image.Image, fmt: str) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def _write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
-def write_clip_benchmark_classification(folder: Path) -> None:
-    """LAION clip_benchmark layout: test/nshards.txt, {0..n-1}.tar, webp images, .cls labels."""
-    (folder / "test").mkdir(parents=True)
-    (folder / "test" / "nshards.txt").write_text("2\n")
-    (folder / "classnames.txt").write_text("red\ngreen\nblue\n")
-    (folder / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na {c} thing.\n")
-    (folder / "dataset_type.txt").write_text("classification\n")
-    _write_tar(
-        folder / "test" / "0.tar",
-        [
-            ("s0000000", {"webp": _encode(solid("red"), "WEBP"), "cls": b"0"}),
-            ("s0000001", {"webp": _encode(solid("green"), "WEBP"), "cls": b"1\n"}),
-            ("s0000002", {"png": _encode(solid("blue"), "PNG"), "cls": b"2"}),
-            ("s0000003", {"webp": _encode(solid("blue"), "WEBP"), "cls": b"7"}),  # out of range
-        ],
-    )
-    _write_tar(
-        folder / "test" / "1.tar",
-        [
-            ("s0000004", {"jpg": b"not an image", "cls": b"0"}),  # undecodable
-            ("s0000005", {"jpg": _encode(solid("blue"), "JPEG")}),  # no label
-            ("s0000006", {"jpeg": _encode(solid("green"), "JPEG"), "cls": b"1"}),
-        ],
-    )
-
-
-def write_clip_benchmark_retrieval(folder: Path) -> None:
-    (folder / "dataset_type.txt").parent.mkdir(parents=True)
-    (folder / "dataset_type.txt").write_text("retrieval\n")
-    _write_tar(
-        folder / "test" / "0.tar",
-        [
-            ("a", {"jpg": _encode(solid("red"), "JPEG"), "txt": b"a red square\n\nred!\n"}),
-            ("b", {"webp": _encode(solid("green"), "WEBP"), "txt": "grün\ngreen".encode()}),
-            ("c", {"jpg": _encode(solid("blue"), "JPEG")}),  # no captions
-            ("d", {"jpg": _encode(solid("blue"), "JPEG"), "txt": b"  \n"}),  # empty captions
-        ],
-    )
-
-
-def test_reader_classification_layout_with_skips(tmp_path: Path) -> None:
-    folder = tmp_path / "wds_colours"
-    write_clip_benchmark_classification(folder)
-    (spec,) = list_tasks(folder)  # a task folder given directly
-    assert (spec.name, spec.type) == ("wds_colours", "classification")
-    task = load_task(spec)
-    assert task.keys == ["s0000000", "s0000001", "s0000002", "s0000006"]
-    assert task.labels == [0, 1, 2, 1]
-    assert task.classnames == ["red", "green", "blue"]
-    assert task.templates == ["a photo of a {c}.", "a {c} thing."]
-    assert task.skipped == {"label_out_of_range": 1, "undecodable_image": 1, "no_label": 1}
-    assert all(im.mode == "RGB" for im in task.images)
-    assert task.images[2].getpixel((0, 0)) == (0, 0, 255)
-
-
-def test_reader_retrieval_and_tasks_json(tmp_path: Path) -> None:
-    root = tmp_path / "bench"
-    write_clip_benchmark_classification(root / "colours")
-    write_clip_benchmark_retrieval(root / "captions")
-    (root / "tasks.json").write_text(
-        json.dumps([{"name": "colours", "type": "classification"}, {"name": "captions", "type": "retrieval"}])
-    )
-    tasks = load_benchmark(root)
-    assert [t.name for t in tasks] == ["colours", "captions"]
-    ret = tasks[1]
-    assert ret.captions == [["a red square", "red!"], ["grün", "green"]]
-    assert ret.labels is None and ret.skipped == {"no_captions": 2}
-    # without tasks.json the folders are scanned (sorted) and typed by dataset_type.txt
-    (root / "tasks.json").unlink()
-    assert [(s.name, s.type) for s in list_tasks(root)] == [("captions", "retrieval"), ("colours", "classification")]
-
-
-def test_reader_rejects_bad_metadata(tmp_path: Path) -> None:
-    folder = tmp_path / "t"
-    write_clip_benchmark_classification(folder)
-    (folder / "zeroshot_classification_templates.txt").write_text("a photo of a thing.\n")
-    with pytest.raises(ValueError, match="without"):
-        load_task(list_tasks(folder)[0])
-    (folder / "classnames.txt").unlink()
-    with pytest.raises(FileNotFoundError, match="classnames"):
-        load_task(list_tasks(folder)[0])
-    (folder / "test" / "1.tar").unlink()
-    with pytest.raises(FileNotFoundError, match="nshards"):
-        shard_paths(list_tasks(folder)[0])
-    with pytest.raises(FileNotFoundError):
-        list_tasks(tmp_path / "missing")
-
-
-def test_reader_task_without_usable_samples_is_an_error(tmp_path: Path) -> None:
-    folder = tmp_path / "r"
-    (folder / "test").mkdir(parents=True)
-    (folder / "dataset_type.txt").write_text("retrieval")
-    _write_tar(folder / "test" / "0.tar", [("x", {"jpg": _encode(solid("red"), "JPEG")})])
-    with pytest.raises(ValueError, match="no usable samples"):
-        load_task(list_tasks(folder)[0])

@@ -1,4 +1,6 @@
-"""The optimisation rules every trainer shares: the schedule, parameter groups, the logit-scale cap."""
+"""The optimisation rules every trainer shares: the schedule, parameter groups, the logit-scale
+cap.
+"""
 
 from __future__ import annotations
 

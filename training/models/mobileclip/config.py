@@ -1,4 +1,6 @@
-"""What a MobileCLIP variant is made of: the config records ``variants`` fills in and the builders read."""
+"""What a MobileCLIP variant is made of: the config records ``variants`` fills in and the builders
+read.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +9,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 UNIT_MEAN = (0.0, 0.0, 0.0)
-
-
 UNIT_STD = (1.0, 1.0, 1.0)
-
-
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-
-
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 

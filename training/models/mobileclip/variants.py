@@ -39,18 +39,13 @@ def _mci(timm_name: str) -> ImageTowerConfig:
 
 _VIT_B = ImageTowerConfig(image_size=224, global_pool="token", timm_name="vit_base_mci_224")
 
-
 _MCT = TextTowerConfig(kind="mct", width=512, heads=8, transformer_layers=4, causal=False)
-
 
 _BASE = TextTowerConfig(kind="base", width=512, heads=8, transformer_layers=12, causal=False)
 
-
 _BASE_CAUSAL = TextTowerConfig(kind="base", width=512, heads=8, transformer_layers=12, causal=True)
 
-
 _BASE_768 = TextTowerConfig(kind="base", width=768, heads=12, transformer_layers=12, causal=False)
-
 
 # About 0.3M image + 6.9M text parameters (6.3M of them the 49408 x 128 token table), 64 px.
 # Stage widths double so timm's depthwise downsampling convs divide evenly; the attention
@@ -68,7 +63,6 @@ _NANO_IMAGE = ImageTowerConfig(
         "cpe_kernel": 3,
     },
 )
-
 
 _NANO_TEXT = TextTowerConfig(kind="mct", width=128, heads=4, transformer_layers=2, causal=False)
 
@@ -108,7 +102,6 @@ def _variants() -> dict[str, MobileClipConfig]:
 
 
 VARIANTS: dict[str, MobileClipConfig] = _variants()
-
 
 ALIASES: dict[str, str] = {
     "nano": "MobileCLIP-nano",
