@@ -17,33 +17,33 @@ by reason in the summary.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from clipforge.config import Params, ReinforcedDatasetConfig
+from clipforge.config import Params
 from clipforge.gates.rules import FINITE_BOUND, Suite, all_true, between, positive
 from clipforge.stage_api import MANIFEST_FILE, StageContext, StageOutcome
+from pipelines.pool.reinforcement import CaptionedSample, augmentations_for, encode_chunk
 from pipelines.pool.shards import POOL_SHARDS_DIR
 from pipelines.synthetic_captions import CAPTIONS_FILE
-from training.data.augment import replay_many, sample_aug_params
+from training.data.augment import replay_many
 from training.data.dr_format import DR_META_FILE, DR_SHARDS_DIR, DRMeta, DRSample, encode_sample
 from training.data.tar_shards import IMAGE_EXTS, ShardWriter, iter_tar_samples
-from training.models.open_clip_models import LoadedClip, load_teachers
+from training.models.open_clip_models import load_teachers
 
 PREVIEW_FILE = "previews/augmentations.png"
+
+
 REINFORCED_COLUMNS: tuple[str, ...] = (
     "uid",
     "key",
@@ -74,41 +74,6 @@ def quality_suite(params: Params) -> Suite:
     )
 
 
-def uid_seed(seed: int, uid: str) -> np.random.SeedSequence:
-    """Seed material that depends only on (seed, uid): stable across processes and orders."""
-    digest = int.from_bytes(hashlib.sha256(uid.encode("utf-8")).digest()[:8], "little")
-    return np.random.SeedSequence([seed % 2**64, digest])
-
-
-def augmentations_for(uid: str, width: int, height: int, cfg: ReinforcedDatasetConfig) -> list[list[Any]]:
-    """The A stored augmentation records of one sample (deterministic in seed and uid)."""
-    rng = np.random.default_rng(uid_seed(cfg.seed, uid))
-    return [
-        sample_aug_params(
-            rng,
-            width,
-            height,
-            scale=(float(cfg.crop_scale[0]), float(cfg.crop_scale[1])),
-            num_ops=cfg.rand_augment_ops,
-            magnitude=cfg.rand_augment_magnitude,
-            num_bins=cfg.rand_augment_bins,
-        )
-        for _ in range(cfg.num_augmentations)
-    ]
-
-
-@dataclass
-class _PoolSample:
-    key: str
-    uid: str
-    sha256: str | None
-    url: str
-    caption: str
-    jpg: bytes
-    image: Image.Image
-    syn_text: list[str]
-
-
 class _Skip(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -135,7 +100,7 @@ def _load_captions(path: Path) -> tuple[dict[str, list[str] | None], int]:
 
 def _parse_pool_sample(
     key: str, members: dict[str, bytes], captions: dict[str, list[str] | None], num_captions: int
-) -> tuple[_PoolSample, bool]:
+) -> tuple[CaptionedSample, bool]:
     """A usable pool sample, or :class:`_Skip`; the flag says its captions were truncated to S."""
     if "json" not in members:
         raise _Skip("missing_json")
@@ -170,7 +135,7 @@ def _parse_pool_sample(
         caption = meta["caption"]
     else:
         raise _Skip("missing_caption")
-    sample = _PoolSample(
+    sample = CaptionedSample(
         key=key,
         uid=uid,
         sha256=meta.get("sha256"),
@@ -181,47 +146,6 @@ def _parse_pool_sample(
         syn_text=syn[:num_captions],
     )
     return sample, len(syn) > num_captions
-
-
-@torch.no_grad()
-def _encode_batched(fn: Callable[[Any], torch.Tensor], items: Any, batch_size: int) -> torch.Tensor:
-    """Run an encoder over ``items`` (tensor rows or a list) in batches; L2-normalised float32 rows on CPU."""
-    outs = [fn(items[start : start + batch_size]).float().cpu() for start in range(0, len(items), batch_size)]
-    return F.normalize(torch.cat(outs), dim=-1)
-
-
-def _image_encoder(teacher: LoadedClip, device: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    # Normalise on CPU (the teacher's mean/std), then move: works on any device.
-    return lambda pixels: teacher.model.encode_image(teacher.normalize_pixels(pixels).to(device))
-
-
-def _text_encoder(teacher: LoadedClip, device: str) -> Callable[[list[str]], torch.Tensor]:
-    # Each teacher tokenises with its own tokenizer and context length.
-    return lambda texts: teacher.model.encode_text(teacher.tokenize(texts).to(device))
-
-
-def encode_chunk(
-    samples: Sequence[_PoolSample],
-    params: Sequence[Sequence[Any]],
-    teachers: Sequence[LoadedClip],
-    batch_size: int,
-    device: str = "cpu",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Teacher-ensemble embeddings of n samples: image [n, A, sum D], text [n, 1 + S, sum D]."""
-    n, num_augs = len(samples), len(params[0])
-    # Replay once per distinct teacher resolution: [n * A, 3, s, s] in [0, 1].
-    pixels = {
-        size: torch.cat([replay_many(s.image, p, size) for s, p in zip(samples, params, strict=True)])
-        for size in sorted({t.image_size for t in teachers})
-    }
-    texts = [text for s in samples for text in (s.caption, *s.syn_text)]
-    image_parts, text_parts = [], []
-    for teacher in teachers:
-        image_parts.append(_encode_batched(_image_encoder(teacher, device), pixels[teacher.image_size], batch_size))
-        text_parts.append(_encode_batched(_text_encoder(teacher, device), texts, batch_size))
-    image_emb = torch.cat(image_parts, dim=1).view(n, num_augs, -1)
-    text_emb = torch.cat(text_parts, dim=1).view(n, len(texts) // n, -1)
-    return image_emb.numpy(), text_emb.numpy()
 
 
 def _iter_pool(shards: Sequence[Path]) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -276,7 +200,7 @@ def run(ctx: StageContext) -> StageOutcome:
     truncated = 0
     preview: list[torch.Tensor] = []
 
-    def write(sample: _PoolSample, params: list[list[Any]], image_emb: np.ndarray, text_emb: np.ndarray) -> None:
+    def write(sample: CaptionedSample, params: list[list[Any]], image_emb: np.ndarray, text_emb: np.ndarray) -> None:
         if not (np.isfinite(image_emb).all() and np.isfinite(text_emb).all()):
             skipped["nonfinite_embedding"] += 1
             return
@@ -307,7 +231,7 @@ def run(ctx: StageContext) -> StageOutcome:
             }
         )
 
-    def flush(chunk: list[tuple[_PoolSample, list[list[Any]]]]) -> None:
+    def flush(chunk: list[tuple[CaptionedSample, list[list[Any]]]]) -> None:
         if not chunk:
             return
         samples = [s for s, _ in chunk]
@@ -321,7 +245,7 @@ def run(ctx: StageContext) -> StageOutcome:
             preview.extend(replay_many(s.image, p[:8], teachers[0].image_size) for s, p in chunk[: 4 - len(preview)])
         chunk.clear()
 
-    chunk: list[tuple[_PoolSample, list[list[Any]]]] = []
+    chunk: list[tuple[CaptionedSample, list[list[Any]]]] = []
     try:
         for key, members in ctx.progress(_iter_pool(shards_in), "teacher embeddings", total=total):
             try:

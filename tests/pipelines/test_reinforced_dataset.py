@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from clipforge.stage_api import StageContext, StageOutcome
-from pipelines.reinforced_dataset import augmentations_for, run
+from pipelines.pool.reinforcement import augmentations_for
+from pipelines.reinforced_dataset import run
 from tests.conftest import params_with, section
 from training.data.augment import replay_aug
 from training.data.dr_format import DRMeta, read_shard
