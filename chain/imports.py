@@ -63,14 +63,21 @@ class ImportGraph:
                 found |= self._with_parents(target) if parents else {target}
         return found
 
-    def _graph(self, *, parents: bool) -> dict[str, set[str]]:
-        graph: dict[str, set[str]] = {}
+    @cached_property
+    def _import_nodes(self) -> dict[str, list[ast.Import | ast.ImportFrom]]:
+        """Module -> its import statements, anywhere in the file (each file parsed once)."""
+        out: dict[str, list[ast.Import | ast.ImportFrom]] = {}
         for module, path in self.files.items():
             tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            out[module] = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+        return out
+
+    def _graph(self, *, parents: bool) -> dict[str, set[str]]:
+        graph: dict[str, set[str]] = {}
+        for module, nodes in self._import_nodes.items():
             imported: set[str] = set()
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.Import, ast.ImportFrom)):
-                    imported |= self._resolve(module, node, parents=parents)
+            for node in nodes:
+                imported |= self._resolve(module, node, parents=parents)
             graph[module] = imported - {module}
         return graph
 

@@ -4,10 +4,11 @@ evaluation tests: solid-colour images, classification and retrieval folders."""
 from __future__ import annotations
 
 import io
-import tarfile
 from pathlib import Path
 
 from PIL import Image
+
+from training.data.tar_shards import write_tar
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 
@@ -22,14 +23,9 @@ def _encode(image: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+def write_samples(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    """A tar of (key, {ext: bytes}) samples, through the project's own deterministic writer."""
+    write_tar(path, ((f"{key}.{ext}", data) for key, members in samples for ext, data in members.items()))
 
 
 def write_clip_benchmark_classification(folder: Path) -> None:
@@ -39,7 +35,7 @@ def write_clip_benchmark_classification(folder: Path) -> None:
     (folder / "classnames.txt").write_text("red\ngreen\nblue\n")
     (folder / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na {c} thing.\n")
     (folder / "dataset_type.txt").write_text("classification\n")
-    _write_tar(
+    write_samples(
         folder / "test" / "0.tar",
         [
             ("s0000000", {"webp": _encode(solid("red"), "WEBP"), "cls": b"0"}),
@@ -48,7 +44,7 @@ def write_clip_benchmark_classification(folder: Path) -> None:
             ("s0000003", {"webp": _encode(solid("blue"), "WEBP"), "cls": b"7"}),  # out of range
         ],
     )
-    _write_tar(
+    write_samples(
         folder / "test" / "1.tar",
         [
             ("s0000004", {"jpg": b"not an image", "cls": b"0"}),  # undecodable
@@ -61,7 +57,7 @@ def write_clip_benchmark_classification(folder: Path) -> None:
 def write_clip_benchmark_retrieval(folder: Path) -> None:
     (folder / "dataset_type.txt").parent.mkdir(parents=True)
     (folder / "dataset_type.txt").write_text("retrieval\n")
-    _write_tar(
+    write_samples(
         folder / "test" / "0.tar",
         [
             ("a", {"jpg": _encode(solid("red"), "JPEG"), "txt": b"a red square\n\nred!\n"}),

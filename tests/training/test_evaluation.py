@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from clipforge.stage_api import MANIFEST_FILE, StageContext
 from clipforge.tracking import configure
 from export.package import FILES
 from tests.conftest import params_with, section
+from tests.training.benchmark_helpers import write_samples
 from training.evaluation import measure_latency, run
 from training.models.students import build_student, load_student, save_student
 
@@ -35,16 +35,6 @@ def _jpg(colour: tuple[int, int, int], size: tuple[int, int] = (20, 14)) -> byte
     return buf.getvalue()
 
 
-def _tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for key, members in samples:
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-
 def write_benchmark(root: Path) -> None:
     """tasks.json + one classification task (with one bad sample) + one retrieval task."""
     colours = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230)}
@@ -55,9 +45,9 @@ def write_benchmark(root: Path) -> None:
     samples = [(f"c{i}", {"jpg": _jpg(rgb), "cls": str(i % 3).encode()}) for i, rgb in enumerate(colours.values())]
     samples += [(f"d{i}", {"jpg": _jpg(rgb), "cls": str(i).encode()}) for i, rgb in enumerate(colours.values())]
     samples.append(("bad", {"jpg": b"\xff\xd8 truncated", "cls": b"0"}))
-    _tar(cls / "test" / "0.tar", samples)
+    write_samples(cls / "test" / "0.tar", samples)
     ret = root / "caps"
-    _tar(
+    write_samples(
         ret / "test" / "0.tar",
         [
             (f"r{i}", {"jpg": _jpg(rgb), "txt": f"a {name} square\n{name} picture\nsomething {name}".encode()})
@@ -74,7 +64,7 @@ def write_extra_task(folder: Path) -> None:
     (folder / "test").mkdir(parents=True)
     (folder / "classnames.txt").write_text("dark\nbright\n")
     (folder / "zeroshot_classification_templates.txt").write_text("a {c} image.\n")
-    _tar(
+    write_samples(
         folder / "test" / "0.tar",
         [(f"k{i}", {"jpg": _jpg((v, v, v)), "cls": str(int(v > 128)).encode()}) for i, v in enumerate((10, 240, 30))],
     )

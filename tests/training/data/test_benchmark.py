@@ -9,10 +9,10 @@ import pytest
 
 from tests.training.benchmark_helpers import (
     _encode,
-    _write_tar,
     solid,
     write_clip_benchmark_classification,
     write_clip_benchmark_retrieval,
+    write_samples,
 )
 from training.data.benchmark import list_tasks, load_benchmark, load_task, shard_paths
 
@@ -69,6 +69,6 @@ def test_reader_task_without_usable_samples_is_an_error(tmp_path: Path) -> None:
     folder = tmp_path / "r"
     (folder / "test").mkdir(parents=True)
     (folder / "dataset_type.txt").write_text("retrieval")
-    _write_tar(folder / "test" / "0.tar", [("x", {"jpg": _encode(solid("red"), "JPEG")})])
+    write_samples(folder / "test" / "0.tar", [("x", {"jpg": _encode(solid("red"), "JPEG")})])
     with pytest.raises(ValueError, match="no usable samples"):
         load_task(list_tasks(folder)[0])
