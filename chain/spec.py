@@ -114,9 +114,12 @@ CHAIN: tuple[StageSpec, ...] = (
     StageSpec(
         name="evaluation",
         module="training.evaluation",
-        inputs=("reparameterized_model", "coreml_package", "embedded_corpus"),
+        inputs=("reparameterized_model", "coreml_package", "embedded_corpus", "teacher_models"),
         sections=("evaluation",),
-        description="Zero-shot classification and retrieval on the benchmark; MLflow registry promotion.",
+        description=(
+            "Zero-shot classification and retrieval on the benchmark, beside chance and the teachers; "
+            "MLflow registry promotion."
+        ),
     ),
 )
 

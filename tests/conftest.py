@@ -140,3 +140,26 @@ def aug_settings(**changes: Any) -> dict[str, Any]:
         "num_bins": cfg.rand_augment_bins,
     }
     return {**settings, **changes}
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two randomly initialised tiny ViT teachers (different seeds) as a teacher_models folder."""
+    import open_clip
+    import torch
+
+    from training.models.open_clip_models import save_ensemble_index, save_model
+
+    folder = tmp_path_factory.mktemp("teacher_models")
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        name = f"teacher{seed}"
+        save_model(
+            folder / name,
+            name=name,
+            model_name="cf-tiny-vit-teacher",
+            model=open_clip.create_model("cf-tiny-vit-teacher"),
+            logit_scale=100.0,
+        )
+    save_ensemble_index(folder, ["teacher0", "teacher1"])
+    return folder

@@ -1,10 +1,15 @@
 """The ``evaluation`` stage: zero-shot benchmark metrics, then MLflow registry promotion.
 
 Reads the reparameterized student (``reparameterized_model/model``), the exported files
-(``coreml_package``: attached to the registered version) and the embedded benchmark
-(``embedded_corpus/benchmark``) plus ``params.evaluation.extra_benchmarks``, all in
-clip_benchmark's webdataset layout. Writes ``metrics.json`` (flat name -> value) and a
-manifest with one row per task and metric (docs/stages.md).
+(``coreml_package``: attached to the registered version), the teacher ensemble
+(``teacher_models``) and the embedded benchmark (``embedded_corpus/benchmark``) plus
+``params.evaluation.extra_benchmarks``, all in clip_benchmark's webdataset layout. Writes
+``metrics.json`` (flat name -> value) and a manifest with one row per model, task and metric
+(docs/stages.md).
+
+The student is read against references scored on the same tasks: each task's chance level
+and every teacher plus their ensemble (``training.eval.references``); the ``references`` table
+and bar chart show them side by side. Only the student's scores decide promotion.
 
 It also times the evaluated (folded) student at batch 1 on the CPU, in PyTorch and, when
 ``coreml_package`` holds them, on its ONNX files in ONNX Runtime: ``latency_*_ms`` metrics and
@@ -28,20 +33,22 @@ from clipforge.registry import promote_if_better
 from clipforge.stage_api import MANIFEST_FILE, StageContext, StageOutcome
 from training.data.benchmark import TaskSpec, list_tasks, load_task
 from training.data.embedded_layout import BENCHMARK_DIR
+from training.eval.references import CHANCE, ENSEMBLE, STUDENT, TeacherEnsemble, chance_metrics, pass_strings
+from training.eval.report import aggregate, metrics_table, reference_chart, references_table
 from training.eval.timing import example_inputs, forms_markdown, forms_record, machine_facts, onnx_towers, torch_towers
-from training.eval.zeroshot import evaluate_task
+from training.eval.zeroshot import ClipLike, Tokenizer, evaluate_task
+from training.models.open_clip_models import load_teachers
 from training.models.students import STAGE_MODEL_DIR, STUDENT_FILE, TOWERS, StudentClip, load_student
 
 METRICS_FILE = "metrics.json"
-CLASSIFICATION_METRICS = ("top1", "top5", "mean_per_class_recall")
-RETRIEVAL_METRICS = ("image_r1", "image_r5", "image_r10", "text_r1", "text_r5", "text_r10")
+REFERENCE_CHART = "previews/reference_chart.png"
 LATENCY_LABELS = {"torch": "PyTorch, folded", "onnx": "ONNX Runtime (coreml_package files)"}
 
 
 def quality_suite(params: Params) -> Suite:
     return Suite(
-        required=("task", "kind", "metric", "value"),
-        unique=(("task", "metric"),),
+        required=("model", "task", "kind", "metric", "value"),
+        unique=(("model", "task", "metric"),),
         rules=(in_set("kind", ["classification", "retrieval"]), between("value", 0, 1)),
     )
 
@@ -77,46 +84,6 @@ def export_files(ctx: StageContext) -> pd.DataFrame:
         return pd.DataFrame(columns=["file", "format", "tower", "path"])
     files = pd.read_parquet(folder / MANIFEST_FILE, columns=["file", "format", "tower"])
     return files.assign(path=[folder / name for name in files["file"]])
-
-
-def aggregate(metrics: dict[str, float], kinds: dict[str, str]) -> dict[str, float]:
-    """``zeroshot_top1_mean`` over classification tasks, ``retrieval_mean_r1`` (mean of image and
-    text R@1, averaged over retrieval tasks); each present only when such tasks exist."""
-    out: dict[str, float] = {}
-    cls = [metrics[f"{t}/top1"] for t, k in kinds.items() if k == "classification"]
-    ret = [(metrics[f"{t}/image_r1"] + metrics[f"{t}/text_r1"]) / 2 for t, k in kinds.items() if k == "retrieval"]
-    if cls:
-        out["zeroshot_top1_mean"] = sum(cls) / len(cls)
-    if ret:
-        out["retrieval_mean_r1"] = sum(ret) / len(ret)
-    return out
-
-
-def metrics_table(metrics: dict[str, float], kinds: dict[str, str]) -> str:
-    """Markdown: one table per task kind, then the aggregates."""
-    lines: list[str] = []
-    cls_tasks = [t for t, k in kinds.items() if k == "classification"]
-    ret_tasks = [t for t, k in kinds.items() if k == "retrieval"]
-    if cls_tasks:
-        lines += ["| task | top-1 | top-5 | mean per-class recall |", "|---|---|---|---|"]
-        lines += [
-            f"| {t} | " + " | ".join(f"{metrics[f'{t}/{m}']:.4f}" for m in CLASSIFICATION_METRICS) + " |"
-            for t in cls_tasks
-        ]
-        lines.append("")
-    if ret_tasks:
-        lines += [
-            "| task | text→image R@1 | R@5 | R@10 | image→text R@1 | R@5 | R@10 |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {t} | " + " | ".join(f"{metrics[f'{t}/{m}']:.4f}" for m in RETRIEVAL_METRICS) + " |" for t in ret_tasks
-        ]
-        lines.append("")
-    for name in ("zeroshot_top1_mean", "retrieval_mean_r1"):
-        if name in metrics:
-            lines.append(f"**{name}**: {metrics[name]:.4f}  ")
-    return "\n".join(lines).rstrip()
 
 
 def measure_latency(ctx: StageContext, model: StudentClip) -> tuple[dict[str, float], dict[str, Any], str]:
@@ -188,6 +155,18 @@ def _promote(ctx: StageContext, model_dir: Path, metrics: dict[str, float]) -> d
     return {**base, **decision}
 
 
+def reference_models(ctx: StageContext, device: str) -> list[tuple[str, ClipLike, Tokenizer, int]]:
+    """Each teacher and their ensemble, as (name, model, tokenizer, image size); none without
+    the ``teacher_models`` input."""
+    folder = ctx.inputs.get("teacher_models")
+    if folder is None:
+        return []
+    teachers = load_teachers(folder, device=device)
+    ensemble = TeacherEnsemble(teachers)
+    models: list[tuple[str, ClipLike, Tokenizer, int]] = [(t.name, t, pass_strings, t.image_size) for t in teachers]
+    return [*models, (ENSEMBLE, ensemble, pass_strings, ensemble.image_size)]
+
+
 def run(ctx: StageContext) -> StageOutcome:
     cfg = ctx.params.evaluation
     model_dir = ctx.inputs["reparameterized_model"] / STAGE_MODEL_DIR
@@ -196,34 +175,40 @@ def run(ctx: StageContext) -> StageOutcome:
     # Timed on the CPU before the model moves to the evaluation device.
     latency_metrics, latency, latency_table = measure_latency(ctx, model)
     model = model.to(device)
-    tokenizer = model.tokenizer()
-    image_size = model.info.image_size
+    scored = [(STUDENT, model, model.tokenizer(), model.info.image_size), *reference_models(ctx, device)]
 
     specs = gather_tasks(benchmark_roots(ctx))
-    metrics: dict[str, float] = {}
+    # model -> {"<task>/<metric>": value}; the student's become metrics.json's plain keys.
+    per_model: dict[str, dict[str, float]] = {name: {} for name in [CHANCE, *(m[0] for m in scored)]}
     kinds: dict[str, str] = {}
     rows: list[dict[str, Any]] = []
     tasks_summary: list[dict[str, Any]] = []
     for spec in specs:
         task = load_task(spec)  # one task decoded at a time: memory stays bounded by the largest
-
-        def progress(items: Iterable[Any], desc: str, total: int | None = None, _t: str = spec.name) -> Iterator[Any]:
-            return ctx.progress(items, f"{_t} {desc}", total)
-
-        task_metrics = evaluate_task(model, tokenizer, image_size, task, cfg.batch_size, device, progress)
         kinds[spec.name] = spec.type
-        for metric, value in task_metrics.items():
-            metrics[f"{spec.name}/{metric}"] = value
-            rows.append(
-                {
-                    "task": spec.name,
-                    "kind": spec.type,
-                    "metric": metric,
-                    "value": value,
-                    "num_samples": len(task),
-                    "source": str(spec.folder),
-                }
-            )
+        results = {CHANCE: chance_metrics(task)}
+        for name, scored_model, tokenizer, image_size in scored:
+
+            def progress(
+                items: Iterable[Any], desc: str, total: int | None = None, _t: str = f"{name} {spec.name}"
+            ) -> Iterator[Any]:
+                return ctx.progress(items, f"{_t} {desc}", total)
+
+            results[name] = evaluate_task(scored_model, tokenizer, image_size, task, cfg.batch_size, device, progress)
+        for name, task_metrics in results.items():
+            for metric, value in task_metrics.items():
+                per_model[name][f"{spec.name}/{metric}"] = value
+                rows.append(
+                    {
+                        "model": name,
+                        "task": spec.name,
+                        "kind": spec.type,
+                        "metric": metric,
+                        "value": value,
+                        "num_samples": len(task),
+                        "source": str(spec.folder),
+                    }
+                )
         tasks_summary.append(
             {
                 "name": spec.name,
@@ -238,11 +223,18 @@ def run(ctx: StageContext) -> StageOutcome:
         )
         del task
 
-    metrics.update(aggregate(metrics, kinds))
+    for scores in per_model.values():
+        scores.update(aggregate(scores, kinds))
+    metrics = dict(per_model[STUDENT])
+    metrics.update(
+        {f"{name}/{key}": v for name, scores in per_model.items() if name != STUDENT for key, v in scores.items()}
+    )
     metrics.update(latency_metrics)
     (ctx.out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True))
     ctx.tracker.log_artifact(ctx.out_dir / METRICS_FILE)
-    table = metrics_table(metrics, kinds)
+    table = metrics_table(per_model[STUDENT], kinds)
+    references = references_table(per_model, kinds)
+    reference_chart(per_model, kinds, ctx.out_dir / REFERENCE_CHART)
     registry = _promote(ctx, model_dir, metrics)
     # Beside the report: the decision on the MLflow run itself, searchable in the UI.
     ctx.tracker.set_tags(
@@ -258,13 +250,15 @@ def run(ctx: StageContext) -> StageOutcome:
         "device": device,
         "tasks": tasks_summary,
         "samples_skipped": sum(t["skipped"] for t in tasks_summary),
+        "references": [name for name in per_model if name != STUDENT],
         "latency": latency,
         "registry": registry,
     }
-    manifest = pd.DataFrame(rows, columns=["task", "kind", "metric", "value", "num_samples", "source"])
+    manifest = pd.DataFrame(rows, columns=["model", "task", "kind", "metric", "value", "num_samples", "source"])
     return StageOutcome(
         manifest=manifest,
         summary=summary,
         metrics=metrics,
-        tables={"metrics": table, "latency": latency_table},
+        tables={"metrics": table, "references": references, "latency": latency_table},
+        previews={"references": REFERENCE_CHART},
     )

@@ -23,6 +23,7 @@ from tests.training.benchmark_helpers import write_samples
 from training.evaluation import measure_latency, run
 from training.models.students import build_student, load_student, save_student
 
+REFERENCES = ("chance", "teacher0", "teacher1", "teacher-ensemble")
 RETRIEVAL_KEYS = {f"{d}_r{k}" for d in ("image", "text") for k in (1, 5, 10)}
 CLASSIFICATION_KEYS = {"top1", "top5", "mean_per_class_recall"}
 TORCH_LATENCY_KEYS = {"latency_image_ms", "latency_text_ms"}
@@ -71,7 +72,7 @@ def write_extra_task(folder: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def lake(tmp_path_factory: pytest.TempPathFactory, teacher_dir: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("lake")
     torch.manual_seed(0)
     save_student(build_student("tiny-vit"), root / "reparameterized_model" / "model")
@@ -86,6 +87,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "reparameterized_model": root / "reparameterized_model",
         "embedded_corpus": root / "embedded_corpus",
         "coreml_package": package,
+        "teacher_models": teacher_dir,
         "extra": root / "extra" / "grey",
     }
 
@@ -113,8 +115,10 @@ def test_run_without_mlflow(lake: dict[str, Path], tmp_path: Path) -> None:
     metrics = json.loads((ctx.out_dir / "metrics.json").read_text())
     expected = {f"colour/{m}" for m in CLASSIFICATION_KEYS} | {f"grey/{m}" for m in CLASSIFICATION_KEYS}
     expected |= {f"caps/{m}" for m in RETRIEVAL_KEYS} | {"zeroshot_top1_mean", "retrieval_mean_r1"}
+    # Every reference model has the student's keys under its name.
+    references = {f"{ref}/{key}" for ref in REFERENCES for key in expected}
     # The package holds no text_encoder.onnx: PyTorch latency only.
-    assert set(metrics) == expected | TORCH_LATENCY_KEYS and metrics == pytest.approx(outcome.metrics)
+    assert set(metrics) == expected | references | TORCH_LATENCY_KEYS and metrics == pytest.approx(outcome.metrics)
     assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k in expected)
     assert metrics["zeroshot_top1_mean"] == pytest.approx((metrics["colour/top1"] + metrics["grey/top1"]) / 2)
     assert metrics["retrieval_mean_r1"] == pytest.approx((metrics["caps/image_r1"] + metrics["caps/text_r1"]) / 2)
@@ -123,8 +127,10 @@ def test_run_without_mlflow(lake: dict[str, Path], tmp_path: Path) -> None:
     assert metrics["grey/top5"] == 1.0  # 2 classes
 
     manifest: pd.DataFrame = outcome.manifest
-    assert {"task", "kind", "metric", "value"} <= set(manifest.columns)
-    assert len(manifest) == 3 + 3 + 6 and not manifest.duplicated(["task", "metric"]).any()
+    assert {"model", "task", "kind", "metric", "value"} <= set(manifest.columns)
+    assert set(manifest.model) == {"student", *REFERENCES}
+    assert len(manifest) == (3 + 3 + 6) * (1 + len(REFERENCES))
+    assert not manifest.duplicated(["model", "task", "metric"]).any()
     assert set(manifest.loc[manifest.task == "caps", "kind"]) == {"retrieval"}
     assert manifest.value.between(0, 1).all()
 
@@ -133,6 +139,15 @@ def test_run_without_mlflow(lake: dict[str, Path], tmp_path: Path) -> None:
     assert tasks["colour"]["samples"] == 6 and tasks["colour"]["skip_reasons"] == {"undecodable_image": 1}
     assert tasks["caps"]["captions"] == 9 and summary["samples_skipped"] == 1
     assert "| colour |" in tables["metrics"] and "| caps |" in tables["metrics"]
+    # The references table: a row per model, chance at 1/classes and at random retrieval.
+    rows = {line.split("|")[1].strip(): line for line in tables["references"].splitlines()[2:]}
+    assert list(rows) == ["chance", "student", "teacher0", "teacher1", "teacher-ensemble"]
+    assert metrics["chance/colour/top1"] == pytest.approx(1 / 3) and metrics["chance/grey/top1"] == 0.5
+    assert metrics["chance/caps/image_r1"] == pytest.approx(1 / 3)
+    assert metrics["chance/zeroshot_top1_mean"] == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert f"{metrics['teacher1/colour/top1']:.4f}" in rows["teacher1"]
+    assert outcome.previews == {"references": "previews/reference_chart.png"}
+    assert (ctx.out_dir / "previews" / "reference_chart.png").stat().st_size > 1000
     assert summary["registry"]["promoted"] is False and "no MLflow run" in summary["registry"]["reason"]
     assert summary["registry"]["exports_attached"] == ["image_encoder.mlpackage", "image_encoder.onnx"]
     assert ctx.tracker.tags["clipforge.registry.promoted"] == "false"  # type: ignore[attr-defined]

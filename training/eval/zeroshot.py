@@ -18,7 +18,7 @@ Any model works that offers ``encode_image(pixels [B, 3, S, S] in [0, 1]) -> [B,
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -28,14 +28,16 @@ from PIL import Image
 from clipforge.progress import Progress, no_progress
 from training.data.benchmark import PLACEHOLDER, Task
 
-Tokenizer = Callable[[list[str]], torch.Tensor]
+# Whatever the model's ``encode_text`` takes: token ids, or the strings themselves for models
+# that tokenise inside (open_clip model folders, the teacher ensemble).
+Tokenizer = Callable[[list[str]], Any]
 RECALL_KS = (1, 5, 10)
 
 
 class ClipLike(Protocol):
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor: ...
+    def encode_text(self, tokens: Any) -> torch.Tensor: ...
 
 
 def pixels_from_pil(images: Sequence[Image.Image], size: int) -> torch.Tensor:
@@ -88,7 +90,9 @@ def encode_texts(
     starts = _batches(len(texts), batch_size)
     chunks = []
     for start in progress(starts, desc, len(starts)):
-        tokens = tokenizer(list(texts[start : start + batch_size])).to(device)
+        tokens = tokenizer(list(texts[start : start + batch_size]))
+        if isinstance(tokens, torch.Tensor):
+            tokens = tokens.to(device)
         chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1).cpu())
     return torch.cat(chunks)
 
