@@ -2,6 +2,7 @@
 
 clipforge <stage> [--params FILE] [--set section.key=value ...] [--no-progress]
 clipforge chain   [--params FILE] [--set ...] [--from STAGE] [--to STAGE]
+clipforge experiment [--params FILE] [--set ...] [--no-progress]
 clipforge stages | models | summary
 clipforge benchmark latency [--variants nano S0 ...] [--json PATH] [--markdown]
 clipforge export  (--student FOLDER | --variant NAME) [--out DIR] [--precision P] [--formats coreml,onnx]
@@ -20,10 +21,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar, get_args
 
-from chain.runner import GateFailed, StageReport, read_report, run_stage
+from chain.runner import GateFailed, StageReport, read_report, resolve_inputs, run_stage
 from chain.spec import CHAIN, STAGES
 from clipforge.config import Params, Precision
 from clipforge.params_file import DEFAULT_PARAMS_FILE, ParamsError, load_params
+from clipforge.progress import bar_progress, no_progress
 
 T = TypeVar("T")
 
@@ -77,6 +79,40 @@ def _run(names: list[str], params: Params, args: argparse.Namespace) -> int:
         if not report.gate.passed:
             print(f"[{name}] quality gate failed; downstream stages must not run", file=sys.stderr)
             return EXIT_GATE_FAILED
+    return 0
+
+
+EXPERIMENT_INPUTS = ("reinforced_dataset", "embedded_corpus")
+
+
+def _experiment(params: Params, args: argparse.Namespace) -> int:
+    """Run params.experiment's arms; first the stages it reads, where the lake lacks them."""
+    from clipforge.lake import open_lake
+    from training.experiments.outputs import REPORT_FILE, RESULT_FILE
+    from training.experiments.run import run_experiment
+
+    lake = open_lake(params.lake)
+    names = [s.name for s in CHAIN]
+    needed = names[: max(names.index(n) for n in EXPERIMENT_INPUTS) + 1]
+    missing = [n for n in needed if lake.published_version(n) is None]
+    if missing and (code := _run(missing, params, args)):
+        return code
+    try:
+        inputs = resolve_inputs("experiment", EXPERIMENT_INPUTS, lake)
+    except GateFailed as err:
+        print(f"[experiment] not run: {err}", file=sys.stderr)
+        return EXIT_GATE_FAILED
+    progress = no_progress if args.no_progress else bar_progress("experiment", True)
+    result = run_experiment(
+        params, inputs["reinforced_dataset"], inputs["embedded_corpus"], Path.cwd(), progress=progress
+    )
+    for arm, figures in result["arms"].items():
+        zs, ret = figures["zeroshot_top1_mean"], figures["retrieval_mean_r1"]
+        print(
+            f"{arm:24s} zero-shot {zs['mean']:.3f} ± {zs['std']:.3f}  retrieval {ret['mean']:.3f} ± {ret['std']:.3f}"
+            f"  {figures['seconds_per_step']:.3f} s/step"
+        )
+    print(f"wrote {RESULT_FILE} and {REPORT_FILE} in {result['wall_seconds'] / 60:.1f} min")
     return 0
 
 
@@ -224,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(chain)
     chain.add_argument("--from", dest="first", choices=list(STAGES), default=CHAIN[0].name)
     chain.add_argument("--to", dest="last", choices=list(STAGES), default=CHAIN[-1].name)
+    experiment = sub.add_parser("experiment", help="train params.experiment's arms over seeds and compare them")
+    _add_common(experiment)
     sub.add_parser("stages", help="list the stages of the chain")
     sub.add_parser("models", help="list the student variants with image and text parameter counts")
     _add_benchmark(sub)
@@ -249,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args, params)
     if args.command == "summary":
         return _summary(params)
+    if args.command == "experiment":
+        return _experiment(params, args)
     if args.command == "chain":
         names = [s.name for s in CHAIN]
         return _run(names[names.index(args.first) : names.index(args.last) + 1], params, args)

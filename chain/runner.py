@@ -10,11 +10,12 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chain.spec import STAGES, StageSpec
+from chain.spec import STAGES
 from clipforge import tracking
 from clipforge.config import Params
 from clipforge.gates import GateResult, run_gate
@@ -69,15 +70,16 @@ def read_report(folder: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _resolve_inputs(spec: StageSpec, lake: Lake) -> dict[str, Path]:
+def resolve_inputs(consumer: str, upstreams: Sequence[str], lake: Lake) -> dict[str, Path]:
+    """The published folders of ``upstreams``, refusing any whose quality gate failed."""
     inputs: dict[str, Path] = {}
-    for upstream in spec.inputs:
+    for upstream in upstreams:
         folder = lake.stage_dir(upstream)
         gate = read_report(folder).get("gate", {})
         if not gate.get("passed", False):
             failed = [c.get("reason", "?") for c in gate.get("checks", []) if not c.get("success")]
             raise UpstreamGateFailed(
-                f"stage {spec.name!r} refuses input {upstream!r}: its quality gate failed ({'; '.join(failed)})"
+                f"stage {consumer!r} refuses input {upstream!r}: its quality gate failed ({'; '.join(failed)})"
             )
         inputs[upstream] = folder
     return inputs
@@ -96,7 +98,7 @@ def run_stage(
     spec = STAGES[name]
     started = time.perf_counter()
     lake = open_lake(params.lake)
-    inputs = _resolve_inputs(spec, lake)
+    inputs = resolve_inputs(spec.name, spec.inputs, lake)
     implementation = spec.load()
     stage_params = DeclaredParams(params, name, spec.sections)
 

@@ -8,9 +8,9 @@ that names the file and the key.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # Reusable field types: the constraint is the documentation.
 Count = Annotated[int, Field(ge=1)]
@@ -241,6 +241,46 @@ class EvaluationConfig(_Section):
     latency_repeats: Count
 
 
+class ExperimentArm(_Section):
+    """One arm of ``clipforge experiment``: a name and the student_model keys it changes."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+    description: Text
+    # Overrides of params.student_model (validated against it by Params); seed and steps are
+    # the experiment's.
+    student_model: dict[str, Any]
+
+    @field_validator("student_model")
+    @classmethod
+    def _not_seed_or_steps(cls, v: dict[str, Any]) -> dict[str, Any]:
+        owned = sorted({"seed", "steps"} & set(v))
+        if owned:
+            raise ValueError(f"an arm cannot set {', '.join(owned)}: experiment.seeds and experiment.steps do")
+        return v
+
+
+class ExperimentConfig(_Section):
+    # Every arm runs once per seed; within a seed all arms share model init and data order.
+    seeds: Annotated[list[Seed], Field(min_length=1)]
+    steps: Count
+    # Benchmark evaluation every this many steps (and at the last step).
+    eval_every: Count
+    arms: Annotated[list[ExperimentArm], Field(min_length=1)]
+
+    @field_validator("arms")
+    @classmethod
+    def _unique_names(cls, v: list[ExperimentArm]) -> list[ExperimentArm]:
+        names = [arm.name for arm in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must be unique, got {names}")
+        return v
+
+
+def arm_student_config(base: StudentModelConfig, arm: ExperimentArm, *, seed: int, steps: int) -> StudentModelConfig:
+    """The student_model section one arm trains with at one seed (validated like params.yaml)."""
+    return StudentModelConfig.model_validate({**base.model_dump(), **arm.student_model, "seed": seed, "steps": steps})
+
+
 class Params(_Section):
     profile: Text
     lake: LakeConfig
@@ -256,6 +296,18 @@ class Params(_Section):
     reparameterized_model: ReparameterizedModelConfig
     coreml_package: CoremlPackageConfig
     evaluation: EvaluationConfig
+    experiment: ExperimentConfig
+
+    @model_validator(mode="after")
+    def _arms_fit_the_student(self) -> Params:
+        # An arm's overrides are checked once, here, so a typo fails before any training.
+        for arm in self.experiment.arms:
+            try:
+                arm_student_config(self.student_model, arm, seed=0, steps=1)
+            except ValidationError as error:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+                raise ValueError(f"experiment arm {arm.name!r} sets student_model {problems}") from None
+        return self
 
     @field_validator("profile")
     @classmethod

@@ -86,3 +86,12 @@ def stage_run(cfg: MlflowConfig, stage: str, tags: dict[str, str] | None = None)
         experiment_id=experiment_id, run_name=stage, tags={"clipforge.stage": stage, **(tags or {})}
     ) as run:
         yield MlflowTracker(run.info.run_id)
+
+
+@contextlib.contextmanager
+def child_run(name: str, tags: dict[str, str] | None = None) -> Iterator[MlflowTracker]:
+    """A run nested under the active one (an experiment arm under its experiment's parent run)."""
+    import mlflow
+
+    with mlflow.start_run(run_name=name, nested=True, tags=tags or {}) as run:
+        yield MlflowTracker(run.info.run_id)

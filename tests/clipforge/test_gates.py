@@ -129,6 +129,7 @@ def good_manifest(stage: str, params: Params) -> pd.DataFrame:
         ),
         "evaluation": lambda: pd.DataFrame(
             {
+                "model": ["student", "student", "chance"],
                 "task": ["shapes", "shapes", "retrieval"],
                 "kind": ["classification", "classification", "retrieval"],
                 "metric": ["top1", "top5", "image_retrieval_recall@5"],

@@ -108,8 +108,12 @@ def train_student(
     tracker: Tracker | None = None,
     progress: Progress = no_progress,
     device: torch.device | None = None,
+    after_step: Callable[[int], float] | None = None,
 ) -> StudentTrainResult:
     """Run ``cfg.steps`` optimisation steps of the MobileCLIP loss; the model trains in place.
+
+    ``after_step(step)`` (1-based) runs after every optimiser step, e.g. to evaluate; it
+    returns the seconds it spent, which ``train_seconds`` leaves out.
 
     ``dataset`` items: ``pixels`` [3, S, S] in [0, 1], ``tokens_real`` / ``tokens_syn`` [L],
     ``t_img`` / ``t_txt_real`` / ``t_txt_syn`` [sum D_k]; it may have ``set_epoch(e)`` to pick
@@ -147,6 +151,7 @@ def train_student(
     steps_iter = progress(iter(range(cfg.steps)), "train steps", cfg.steps)
     epoch = batch_in_epoch = 0
     started = time.perf_counter()
+    hook_seconds = 0.0
     for step in steps_iter:
         epoch, batch_in_epoch, batch = next(stream)
         required = BATCH_KEYS + SYN_KEYS if cfg.use_synthetic_captions else BATCH_KEYS
@@ -199,7 +204,9 @@ def train_student(
             tracker.log_metrics(
                 {k: row[k] for k in ("loss", "loss_clip", "loss_distill", "lr", "logit_scale")}, step + 1
             )
-    train_seconds = time.perf_counter() - started
+        if after_step is not None:
+            hook_seconds += after_step(step + 1)
+    train_seconds = time.perf_counter() - started - hook_seconds
 
     history = pd.DataFrame(rows)
     # Final loss: mean over the last logging window, less noisy than the last batch alone.
