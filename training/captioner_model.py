@@ -18,7 +18,7 @@ from clipforge.config import Params
 from clipforge.gates import Suite
 from clipforge.stage_api import StageContext, StageOutcome
 from training.data.teacher_corpus import HOLDOUT_FRACTION, holdout_split, load_teacher_corpus, split_summary
-from training.eval.heldout import heldout_retrieval, unigram_f1
+from training.eval.heldout import caption_attribute_accuracy, heldout_retrieval, names_main_object, unigram_f1
 from training.models import coca_sampling
 from training.models.model_folders import manifest_row, model_folder_suite
 from training.models.open_clip_models import CAPTIONER_DIR, load_model, save_model
@@ -76,6 +76,10 @@ def run(ctx: StageContext) -> StageOutcome:
     caption_seconds = time.perf_counter() - started
     refs = [corpus.captions[i] for i in held_idx.tolist()]
     f1 = float(np.mean([unigram_f1(s[0], r) for s, r in zip(sampled, refs, strict=True)]))
+    # Against the generator's ground truth, where the corpus carries it (KEY.json).
+    truths = [corpus.attributes[i] if corpus.attributes else None for i in held_idx.tolist()]
+    known = [(s[0], t) for s, t in zip(sampled, truths, strict=True) if names_main_object(t)]
+    accuracy = caption_attribute_accuracy(*zip(*known, strict=True)) if known else {}
     facts = {
         "final_loss": result.final_loss,
         "final_caption_loss": float(result.history["caption_loss"].tail(10).mean()),
@@ -83,6 +87,7 @@ def run(ctx: StageContext) -> StageOutcome:
         "train_seconds": result.seconds,
         **check,
         "heldout_caption_unigram_f1": f1,
+        **{f"heldout_{k}": v for k, v in accuracy.items()},
         "logit_scale": scale,
     }
     hist = result.history.assign(model=CAPTIONER_DIR)

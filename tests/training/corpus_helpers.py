@@ -51,7 +51,11 @@ def write_corpus(root: Path, n: int = 40, bad: bool = False) -> Path:
             key = f"{i:06d}"
             _add(tar, f"{key}.jpg", _jpg(_scene(color, shape)))
             _add(tar, f"{key}.txt", f"a {color} {shape} on a grey background".encode())
-            _add(tar, f"{key}.json", json.dumps({"color": color, "shape": shape}).encode())
+            _add(
+                tar,
+                f"{key}.json",
+                json.dumps({"main": {"color": color, "shape": shape}, "background": "grey"}).encode(),
+            )
         if bad:
             _add(tar, "bad001.jpg", b"not a jpeg")
             _add(tar, "bad001.txt", b"a broken image")

@@ -24,4 +24,7 @@ def test_bootstrap_writes_a_coca_folder(tmp_path: Path) -> None:
     nonzero = int((proj != 0).any(dim=0).sum())
     assert nonzero == outcome.summary["trained_vocab"] and 0 < nonzero < 100
     assert len(outcome.summary["examples"]) == 2
+    # Scored against the corpus' ground truth (KEY.json), each in [0, 1].
+    accuracy = {k: v for k, v in row.items() if k.startswith("heldout_caption_") and k.endswith("accuracy")}
+    assert len(accuracy) == 3 and all(0 <= v <= 1 for v in accuracy.values())
     assert (ctx.out_dir / "history.parquet").exists() and (ctx.out_dir / "previews" / "loss_curve.png").exists()

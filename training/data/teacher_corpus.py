@@ -8,6 +8,7 @@ held out to check that each bootstrapped model learned the scenes.
 from __future__ import annotations
 
 import io
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ class Corpus:
     captions: list[str]
     keys: list[str]
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> samples dropped
+    # KEY.json per sample when the corpus has it (the embedded generator's scene ground truth).
+    attributes: list[dict[str, Any] | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -68,6 +71,7 @@ def read_corpus(shard_dir: Path, side: int, progress: Progress = no_progress) ->
     images: list[torch.Tensor] = []
     captions: list[str] = []
     keys: list[str] = []
+    attributes: list[dict[str, Any] | None] = []
     skipped: Counter[str] = Counter()
     for shard in progress(shards, "decode corpus", len(shards)):
         for key, members in iter_tar_samples(shard):
@@ -87,9 +91,21 @@ def read_corpus(shard_dir: Path, side: int, progress: Progress = no_progress) ->
                 continue
             captions.append(caption)
             keys.append(key)
+            attributes.append(_attributes(members.get("json")))
     if not images:
         raise ValueError(f"teacher corpus {shard_dir} holds no usable sample (skipped: {dict(skipped)})")
-    return Corpus(torch.stack(images), captions, keys, skipped)
+    return Corpus(torch.stack(images), captions, keys, skipped, attributes)
+
+
+def _attributes(raw: bytes | None) -> dict[str, Any] | None:
+    """A sample's KEY.json, or None when absent or unreadable (it only feeds held-out checks)."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
