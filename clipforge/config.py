@@ -51,6 +51,11 @@ class EmbeddedCorpusConfig(_Section):
     seed: Seed
     pool_size: Count
     teacher_corpus_size: Count
+    # Partial captions per teacher-corpus image besides its full one (KEY.txt lines 2..): web
+    # text often names one attribute at a time; CLIP teachers draw a random line per step.
+    teacher_partial_captions: NonNegative
+    # Write KEY.neg.txt (a NegCLIP hard negative per caption line); CLIP teachers use them when present.
+    teacher_hard_negatives: bool
     benchmark_size: Count
     # Side of the generated scene canvas before aspect/size distortions.
     image_size: Annotated[int, Field(ge=16)]

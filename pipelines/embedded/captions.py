@@ -5,9 +5,13 @@ here", empty).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+from collections.abc import Callable
+
 import numpy as np
 
-from pipelines.embedded.scenes import COUNT_WORDS, SHAPE_PLURALS, Group, Scene, sample_scene
+from pipelines.embedded.scenes import COUNT_WORDS, COUNTS, SHAPE_PLURALS, SHAPES, Group, Scene, sample_scene
 
 CAPTION_KINDS: tuple[str, ...] = ("full", "partial", "wrong", "junk", "non_english")
 
@@ -169,3 +173,43 @@ def wrong_caption(scene: Scene, rng: np.random.Generator, width: int, height: in
         if (other.main.shape, other.main.color) != (scene.main.shape, scene.main.color):
             break
     return full_caption(other, rng) if rng.random() < 0.5 else partial_caption(other, rng)
+
+
+def _perturbations(scene: Scene, rng: np.random.Generator) -> list[Scene]:
+    """The scene with one attribute of its main group changed, hardest first: the object's and
+    the background's colours swapped (what a model that names the largest colour confuses),
+    then another shape, then another count."""
+    main = scene.main
+    swapped = dataclasses.replace(scene, main=dataclasses.replace(main, color=scene.background), background=main.color)
+    shape = str(rng.choice([s for s in SHAPES if s != main.shape]))
+    count = int(rng.choice([c for c in COUNTS if c != main.count]))
+    return [
+        swapped,
+        dataclasses.replace(scene, main=dataclasses.replace(main, shape=shape)),
+        dataclasses.replace(scene, main=dataclasses.replace(main, count=count)),
+    ]
+
+
+def with_hard_negative(
+    scene: Scene, caption: Callable[[Scene, np.random.Generator], str], rng: np.random.Generator
+) -> tuple[str, str]:
+    """(caption, hard negative): the same words for a scene one attribute away (NegCLIP-style).
+
+    Both captions are drawn from the same random state, so they differ only where the scenes
+    do; the first perturbation the caption actually mentions is used, and a caption that
+    mentions none gets the full caption of the colour-swapped scene.
+    """
+    candidates = _perturbations(scene, rng)
+    start = copy.deepcopy(rng.bit_generator.state)
+    positive = caption(scene, rng)
+    after = copy.deepcopy(rng.bit_generator.state)
+    for other in candidates:
+        replay = np.random.Generator(type(rng.bit_generator)())
+        replay.bit_generator.state = copy.deepcopy(start)
+        negative = caption(other, replay)
+        if negative != positive:
+            break
+    else:
+        negative = full_caption(candidates[0], rng)
+    rng.bit_generator.state = after
+    return positive, negative

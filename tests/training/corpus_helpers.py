@@ -40,8 +40,9 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_corpus(root: Path, n: int = 40, bad: bool = False) -> Path:
-    """An embedded_corpus-like folder: teacher_corpus/shards/*.tar with KEY.jpg/.txt/.json."""
+def write_corpus(root: Path, n: int = 40, bad: bool = False, negatives: bool = False) -> Path:
+    """An embedded_corpus-like folder: teacher_corpus/shards/*.tar with KEY.jpg/.txt/.json;
+    with ``negatives``, two caption lines per image and KEY.neg.txt (colour, then shape changed)."""
     shards = root / TEACHER_SHARDS_DIR
     shards.mkdir(parents=True)
     combos = [(c, s) for c in COLORS for s in SHAPES]
@@ -50,7 +51,12 @@ def write_corpus(root: Path, n: int = 40, bad: bool = False) -> Path:
             color, shape = combos[i % len(combos)]
             key = f"{i:06d}"
             _add(tar, f"{key}.jpg", _jpg(_scene(color, shape)))
-            _add(tar, f"{key}.txt", f"a {color} {shape} on a grey background".encode())
+            lines = [f"a {color} {shape} on a grey background", f"a {color} thing"]
+            _add(tar, f"{key}.txt", "\n".join(lines if negatives else lines[:1]).encode())
+            if negatives:
+                names = list(COLORS)
+                other = names[(names.index(color) + 1) % len(names)]
+                _add(tar, f"{key}.neg.txt", f"a {other} {shape} on a grey background\na {other} thing".encode())
             _add(
                 tar,
                 f"{key}.json",

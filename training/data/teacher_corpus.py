@@ -25,11 +25,15 @@ from training.data.embedded_layout import TEACHER_SHARDS_DIR
 from training.data.tar_shards import IMAGE_EXTS, iter_tar_samples
 
 HOLDOUT_FRACTION = 0.05
+# KEY.neg.txt: a hard negative per KEY.txt line, line for line (NegCLIP-style; optional).
+NEGATIVES_EXT = "neg.txt"
 
-# The corpus is stored at this multiple of the training resolution, so crops at scale 0.5
+# The corpus is stored at this multiple of the training resolution, so the smallest crops
 # still have source pixels to resample from.
 STORE_FACTOR = 1.5
-CROP_SCALE = (0.5, 1.0)
+# Mild crops: a caption names every object, its count and position, and a crop that cuts
+# objects away makes it wrong.
+CROP_SCALE = (0.8, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 
 
@@ -38,11 +42,21 @@ class Corpus:
     """The teacher corpus decoded into memory."""
 
     images: torch.Tensor  # [N, 3, S, S] uint8, shorter side resized to S then centre-cropped
-    captions: list[str]
+    captions: list[str]  # the first line of each KEY.txt: the full caption
     keys: list[str]
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> samples dropped
     # KEY.json per sample when the corpus has it (the embedded generator's scene ground truth).
     attributes: list[dict[str, Any] | None] = field(default_factory=list)
+    # Every non-empty line of each KEY.txt (the full caption first); [] means captions alone.
+    lines: list[list[str]] = field(default_factory=list)
+    # KEY.neg.txt's lines, aligned with ``lines``, when every sample has them; else [].
+    negatives: list[list[str]] = field(default_factory=list)
+    # Samples without a usable KEY.neg.txt (any makes ``negatives`` empty: reported, not fatal).
+    negatives_missing: int = 0
+
+    @property
+    def caption_lines(self) -> list[list[str]]:
+        return self.lines or [[c] for c in self.captions]
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -60,7 +74,8 @@ def _square_uint8(image: Image.Image, side: int) -> torch.Tensor:
 
 
 def read_corpus(shard_dir: Path, side: int, progress: Progress = no_progress) -> Corpus:
-    """Decode every ``KEY.jpg`` + ``KEY.txt`` sample of ``shard_dir/*.tar`` into memory.
+    """Decode every ``KEY.jpg`` + ``KEY.txt`` sample of ``shard_dir/*.tar`` into memory; KEY.txt
+    holds one caption per line, the full one first.
 
     Samples without an image or caption, with an empty caption or an undecodable image are
     skipped and counted by reason; an empty corpus is an error.
@@ -72,6 +87,8 @@ def read_corpus(shard_dir: Path, side: int, progress: Progress = no_progress) ->
     captions: list[str] = []
     keys: list[str] = []
     attributes: list[dict[str, Any] | None] = []
+    lines: list[list[str]] = []
+    negatives: list[list[str] | None] = []
     skipped: Counter[str] = Counter()
     for shard in progress(shards, "decode corpus", len(shards)):
         for key, members in iter_tar_samples(shard):
@@ -79,8 +96,9 @@ def read_corpus(shard_dir: Path, side: int, progress: Progress = no_progress) ->
             if image_bytes is None or "txt" not in members:
                 skipped["missing image or caption"] += 1
                 continue
-            caption = members["txt"].decode("utf-8", errors="replace").strip()
-            if not caption:
+            text = members["txt"].decode("utf-8", errors="replace")
+            sample_lines = [line.strip() for line in text.splitlines() if line.strip()]
+            if not sample_lines:
                 skipped["empty caption"] += 1
                 continue
             try:
@@ -89,12 +107,25 @@ def read_corpus(shard_dir: Path, side: int, progress: Progress = no_progress) ->
             except (OSError, ValueError, Image.DecompressionBombError):
                 skipped["undecodable image"] += 1
                 continue
-            captions.append(caption)
+            captions.append(sample_lines[0])
+            lines.append(sample_lines)
+            negatives.append(_negative_lines(members.get(NEGATIVES_EXT), len(sample_lines)))
             keys.append(key)
             attributes.append(_attributes(members.get("json")))
     if not images:
         raise ValueError(f"teacher corpus {shard_dir} holds no usable sample (skipped: {dict(skipped)})")
-    return Corpus(torch.stack(images), captions, keys, skipped, attributes)
+    # Negatives are used only when every sample has a full set (a batch mixes samples).
+    complete = [n for n in negatives if n is not None]
+    missing = len(negatives) - len(complete)
+    return Corpus(torch.stack(images), captions, keys, skipped, attributes, lines, [] if missing else complete, missing)
+
+
+def _negative_lines(raw: bytes | None, count: int) -> list[str] | None:
+    """KEY.neg.txt's lines when there is one non-empty negative per caption line, else None."""
+    if raw is None:
+        return None
+    lines = [line.strip() for line in raw.decode("utf-8", errors="replace").splitlines()]
+    return lines if len(lines) == count and all(lines) else None
 
 
 def _attributes(raw: bytes | None) -> dict[str, Any] | None:
@@ -165,4 +196,6 @@ def split_summary(corpus: Corpus, train_idx: torch.Tensor, held_idx: torch.Tenso
         "heldout_samples": len(held_idx),
         "random_top1": 1.0 / len(held_idx),
         "skipped": dict(corpus.skipped),
+        "hard_negatives": bool(corpus.negatives),
+        "hard_negatives_missing": corpus.negatives_missing,
     }

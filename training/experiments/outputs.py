@@ -2,7 +2,7 @@
 the experiment's DVC stage (``experiments/dvc.yaml``). A module of its own so that the dvc.yaml
 generator and the CLI read the names without importing torch."""
 
-RESULT_FILE = "metrics/experiment.json"
+RESULT_FILE = "docs/experiment.json"
 EVALS_FILE = "docs/experiment_evals.csv"
 REPORT_FILE = "docs/experiment.md"
 PLOT_FILE = "docs/experiment.png"

@@ -106,14 +106,13 @@ def train_coca(
         projection[:, ~keep] = 0.0
     loss_fn = CoCaLoss(caption_loss_weight=COCA_CAPTION_WEIGHT, clip_loss_weight=COCA_CONTRASTIVE_WEIGHT)
 
-    def step_loss(pixels: torch.Tensor, toks: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        contrastive, caption = coca_losses(model, pixels, toks, vocab, loss_fn)
+    def step_loss(pixels: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        # The full caption of each image (KEY.txt's first line): what the captioner should say.
+        contrastive, caption = coca_losses(model, pixels, tokens[idx], vocab, loss_fn)
         return contrastive + caption, {
             "contrastive_loss": float(contrastive.detach()),
             "caption_loss": float(caption.detach()),
         }
 
-    result = train_loop(
-        model, step_loss, corpus, tokens, train_idx, cfg, label=label, tracker=tracker, progress=progress
-    )
+    result = train_loop(model, step_loss, corpus, train_idx, cfg, label=label, tracker=tracker, progress=progress)
     return result, vocab

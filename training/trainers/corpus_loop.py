@@ -51,6 +51,8 @@ def _batches(indices: torch.Tensor, batch_size: int, generator: torch.Generator)
             yield perm[start : start + batch_size]
 
 
+# (pixels [B, 3, S, S] normalised, corpus indices [B]) -> (loss, parts): the step loss picks
+# its own text for those indices.
 StepLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
 
@@ -58,7 +60,6 @@ def train_loop(
     model: nn.Module,
     step_loss: StepLoss,
     corpus: Corpus,
-    tokens: torch.Tensor,
     train_idx: torch.Tensor,
     cfg: BootstrapTrainConfig,
     *,
@@ -66,9 +67,10 @@ def train_loop(
     tracker: Tracker | None = None,
     progress: Progress = no_progress,
 ) -> CorpusTrainResult:
-    """AdamW + warmup/cosine over random resized crops; ``step_loss(pixels, tokens)`` -> (loss, parts).
+    """AdamW + warmup/cosine over random resized crops; ``step_loss(pixels, idx)`` -> (loss, parts).
 
-    pixels are [B, 3, image_size, image_size] normalised for the model, tokens [B, L].
+    pixels are [B, 3, image_size, image_size] normalised for the model, idx [B] the corpus
+    indices they show.
     """
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -83,7 +85,7 @@ def train_loop(
         set_lr(optimizer, lr)
         idx = next(batches)
         pixels = (random_resized_crop(corpus.images[idx], cfg.image_size, gen) - mean) / std
-        loss, parts = step_loss(pixels, tokens[idx])
+        loss, parts = step_loss(pixels, idx)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{label}: loss became {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)

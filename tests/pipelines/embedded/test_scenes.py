@@ -24,3 +24,19 @@ def test_scene_layout_inside_canvas_without_overlap() -> None:
             image = render.render_scene(scene, width, height)
             assert image.size == (width, height)
             assert image.tobytes() == render.render_scene(scene, width, height).tobytes()
+
+
+def test_hard_negative_keeps_the_words_and_changes_one_attribute() -> None:
+    from pipelines.embedded import captions
+
+    rng = np.random.default_rng(4)
+    for _ in range(40):
+        scene = scenes.sample_scene(rng, 64, 64)
+        for caption in (captions.full_caption, captions.partial_caption):
+            positive, negative = captions.with_hard_negative(scene, caption, rng)
+            assert negative != positive
+            if caption is captions.full_caption:
+                # Full captions name both colours: the negative swaps them, word for word (but
+                # for an article: "an orange" against "a blue").
+                assert len(negative.split()) == len(positive.split())
+                assert set(negative.split()) - {"a", "an"} == set(positive.split()) - {"a", "an"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -30,8 +32,8 @@ def test_random_resized_crop_is_seeded_and_keeps_content() -> None:
     assert float(a[:, 1:].abs().max()) < 1e-6
     split = torch.zeros(64, 3, 48, 48, dtype=torch.uint8)
     split[..., 24:] = 255  # left half black, right half white: crops see different parts
-    b1 = random_resized_crop(split, 32, torch.Generator().manual_seed(1))
-    b2 = random_resized_crop(split, 32, torch.Generator().manual_seed(1))
+    b1 = random_resized_crop(split, 32, torch.Generator().manual_seed(1), scale=(0.5, 1.0))
+    b2 = random_resized_crop(split, 32, torch.Generator().manual_seed(1), scale=(0.5, 1.0))
     assert torch.equal(b1, b2)
     means = b1.mean(dim=(1, 2, 3))
     assert float(means.std()) > 0.05  # crops differ in position and size
@@ -44,3 +46,21 @@ def test_holdout_split_is_disjoint_and_seeded() -> None:
     assert set(train.tolist()).isdisjoint(held.tolist()) and len(set(train.tolist()) | set(held.tolist())) == 200
     assert torch.equal(held, holdout_split(200, 0.05, seed=3)[1])
     assert not torch.equal(held, holdout_split(200, 0.05, seed=4)[1])
+
+
+def test_hard_negatives_are_used_only_when_every_sample_has_them(tmp_path: Path) -> None:
+    root = write_corpus(tmp_path / "c", n=6, negatives=True)
+    shard = root / TEACHER_SHARDS_DIR / "00000.tar"
+    complete = read_corpus(shard.parent, 32)
+    assert complete.caption_lines[0] == ["a red square on a grey background", "a red thing"]
+    assert complete.negatives[0] == ["a green square on a grey background", "a green thing"]
+    assert complete.captions[0] == "a red square on a grey background"  # the full line
+    # Rewrite the shard without one sample's negatives: none are used, and that is reported.
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    with tarfile.open(shard, "w") as tar:
+        for info, data in members:
+            if info.name != "000002.neg.txt":
+                tar.addfile(info, io.BytesIO(data))
+    partial = read_corpus(shard.parent, 32)
+    assert partial.negatives == [] and partial.negatives_missing == 1
