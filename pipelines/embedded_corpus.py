@@ -9,7 +9,9 @@ one never changes another:
 - ``teacher_corpus/shards/``: a larger clean corpus (full captions, scene attributes) that
   bootstraps teachers and the captioner;
 - ``benchmark/``: held-out zero-shot tasks in clip_benchmark's webdataset layout
-  (classification: shape, color, count, background; retrieval with 5 captions per image).
+  (classification: shape, color, count, background; retrieval with 5 captions per image);
+- ``validation/``: the same tasks from another random stream, to tune on (the benchmark is
+  for reporting, never for choosing).
 
 The generator is ``pipelines.embedded``; formats are those of docs/stages.md. Tars are written byte-for-byte deterministically
 (fixed member metadata), so the same seed gives identical files.
@@ -31,11 +33,12 @@ from clipforge.stage_api import StageContext, StageOutcome
 from pipelines.embedded import captions
 from pipelines.embedded.benchmark import CLASSIFICATION_TASKS, RETRIEVAL_TASK, generate_benchmark
 from pipelines.embedded.pool import generate_pool
+from pipelines.embedded.streams import VALIDATION_STREAM
 from pipelines.embedded.teacher_corpus import generate_teacher_corpus
 from pipelines.pool.shards import open_rgb
 from pipelines.previews import image_grid
 from training.data.benchmark import CLASSNAMES_FILE
-from training.data.embedded_layout import BENCHMARK_DIR, POOL_DIR, TEACHER_SHARDS_DIR
+from training.data.embedded_layout import BENCHMARK_DIR, POOL_DIR, TEACHER_SHARDS_DIR, VALIDATION_DIR
 from training.data.tar_shards import iter_tar_samples
 
 # Stage-level (not inside pool/, which must look exactly like a DataComp download).
@@ -49,7 +52,11 @@ def quality_suite(params: Params) -> Suite:
         required=("split", "key", "caption", "width", "height"),
         unique=(("split", "key"),),
         rules=(
-            regex("split", r"^(?:pool|teacher|benchmark/.+)$", "split is pool, teacher or benchmark/<task>"),
+            regex(
+                "split",
+                r"^(?:pool|teacher|benchmark/.+|validation/.+)$",
+                "split is pool, teacher, benchmark/<task> or validation/<task>",
+            ),
             positive("width"),
             positive("height"),
         ),
@@ -117,6 +124,9 @@ def run(ctx: StageContext) -> StageOutcome:
     started = time.perf_counter()
     bench = generate_benchmark(out / BENCHMARK_DIR, cfg, progress=ctx.progress)
     seconds["benchmark"] = time.perf_counter() - started
+    started = time.perf_counter()
+    validation = generate_benchmark(out / VALIDATION_DIR, cfg, progress=ctx.progress, stream=VALIDATION_STREAM)
+    seconds["validation"] = time.perf_counter() - started
 
     started = time.perf_counter()
     previews = write_previews(out, pool)
@@ -127,11 +137,12 @@ def run(ctx: StageContext) -> StageOutcome:
         [
             pool.assign(split="pool", caption=pool["text"], label="", shard=POOL_DIR + "/" + pool["shard"])[columns],
             teacher.assign(split="teacher", caption_kind="full", label="")[columns],
-            bench.assign(
-                split="benchmark/" + bench["task"],
-                caption_kind="full",
-                shard=BENCHMARK_DIR + "/" + bench["shard"],
-            )[columns],
+            *(
+                frame.assign(
+                    split=f"{folder}/" + frame["task"], caption_kind="full", shard=f"{folder}/" + frame["shard"]
+                )[columns]
+                for folder, frame in ((BENCHMARK_DIR, bench), (VALIDATION_DIR, validation))
+            ),
         ],
         ignore_index=True,
     )
@@ -160,6 +171,7 @@ def run(ctx: StageContext) -> StageOutcome:
         "samples_pool": float(len(pool)),
         "samples_teacher": float(len(teacher)),
         "samples_benchmark": float(len(bench)),
+        "samples_validation": float(len(validation)),
         "pool_duplicates": float(summary["pool"]["duplicates"]),
         **{f"pool_fraction_{k}": caption_kinds.get(k, 0) / max(1, len(pool)) for k in captions.CAPTION_KINDS},
         "generation_seconds": float(sum(seconds.values())),

@@ -93,6 +93,7 @@ def generate_benchmark(
     out_dir: Path,
     cfg: EmbeddedCorpusConfig,
     progress: Progress = no_progress,
+    stream: int = BENCHMARK_STREAM,
 ) -> pd.DataFrame:
     """Write held-out tasks in clip_benchmark's webdataset layout under ``out_dir``.
 
@@ -100,7 +101,8 @@ def generate_benchmark(
     classification adds ``classnames.txt`` and ``zeroshot_classification_templates.txt``.
     ``out_dir/tasks.json`` lists ``{"name", "type", "num_samples"}``. Returns one row per sample:
     ``task``, ``key``, ``caption``, ``label`` (class name, "" for retrieval), ``width``,
-    ``height``, ``shard`` (relative to ``out_dir``).
+    ``height``, ``shard`` (relative to ``out_dir``). ``stream`` picks the random stream:
+    BENCHMARK_STREAM for the held-out test split, VALIDATION_STREAM for the tuning split.
     """
     out_dir = Path(out_dir)
     n = cfg.benchmark_size
@@ -111,7 +113,7 @@ def generate_benchmark(
     tasks: list[dict[str, Any]] = []
     all_tasks: list[ClassificationTask | str] = [*CLASSIFICATION_TASKS, RETRIEVAL_TASK]
     for index, task in enumerate(all_tasks):
-        rng = stream_rng(cfg.seed, BENCHMARK_STREAM, index)
+        rng = stream_rng(cfg.seed, stream, index)
         name = task.name if isinstance(task, ClassificationTask) else task
         task_dir = out_dir / name
         # One shard per task (clip_benchmark reads test/{0..nshards-1}.tar).

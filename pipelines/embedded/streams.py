@@ -10,6 +10,7 @@ import numpy as np
 POOL_STREAM = 1
 TEACHER_STREAM = 2
 BENCHMARK_STREAM = 3
+VALIDATION_STREAM = 4  # the benchmark's tasks again, other scenes: for tuning
 
 
 def stream_rng(seed: int, *stream: int) -> np.random.Generator:

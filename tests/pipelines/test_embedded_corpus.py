@@ -28,9 +28,13 @@ def test_run_writes_everything(tmp_path: Path) -> None:
     counts = manifest["split"].value_counts().to_dict()
     assert counts.pop("pool") == CFG.pool_size
     assert counts.pop("teacher") == CFG.teacher_corpus_size
-    assert counts == {
-        f"benchmark/{t}": CFG.benchmark_size for t in ("shape", "color", "count", "background", "retrieval")
-    }
+    tasks = ("shape", "color", "count", "background", "retrieval")
+    assert counts == {f"{split}/{t}": CFG.benchmark_size for split in ("benchmark", "validation") for t in tasks}
+    # Validation is the benchmark's tasks on other scenes: same tasks and classes, other images.
+    test_rows = manifest[manifest.split == "benchmark/shape"]
+    val_rows = manifest[manifest.split == "validation/shape"]
+    assert (tmp_path / "validation/tasks.json").read_text() == (tmp_path / "benchmark/tasks.json").read_text()
+    assert (tmp_path / val_rows.shard.iloc[0]).read_bytes() != (tmp_path / test_rows.shard.iloc[0]).read_bytes()
     assert all((tmp_path / shard).is_file() for shard in manifest["shard"].unique())
     assert (tmp_path / "pool/metadata.parquet").is_file() and (tmp_path / "benchmark/tasks.json").is_file()
     truth = pd.read_parquet(tmp_path / ec.GROUND_TRUTH_FILE)
