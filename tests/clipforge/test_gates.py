@@ -229,7 +229,7 @@ DEFECTS: list[tuple[str, str, Callable[[pd.DataFrame], pd.DataFrame], str]] = [
         "embedded_corpus",
         "unknown split",
         _set("split", 0, "validation"),
-        "break the rule 'split is pool, teacher or benchmark/<task>'",
+        "break the rule 'split is pool, teacher, benchmark/<task> or validation/<task>'",
     ),
     (
         "embedded_corpus",
