@@ -79,6 +79,16 @@ def test_whole_chain_through_dagster_then_dvc(tmp_path: Path, monkeypatch: pytes
             assert event is not None, f"{spec.name} was not materialized"
         checks = result.get_asset_check_evaluations()
         assert len(checks) == len(CHAIN) and all(c.passed for c in checks)
+        # The evaluation's materialization shows the references: chance and each teacher beside
+        # the student, as a table and a bar chart.
+        evaluation = instance.get_latest_materialization_event(AssetKey("evaluation"))
+        assert evaluation is not None and evaluation.asset_materialization is not None
+        meta = evaluation.asset_materialization.metadata
+        table = meta["table: references"].value
+        models = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
+        assert models == ["chance", "student", "vit-teacher", "rn-teacher", "teacher-ensemble"]
+        assert "| chance | 0.1667 | 0.1250 | 0.2500 | 0.2500 |" in table  # 6, 8, 4, 4 classes
+        assert meta["preview: references"].value.startswith("![references](data:image/png;base64,")
 
     lake = work / "lake"
     exported = sorted(p.name for p in (lake / "coreml_package").iterdir() if p.suffix in (".mlpackage", ".onnx"))
@@ -87,6 +97,8 @@ def test_whole_chain_through_dagster_then_dvc(tmp_path: Path, monkeypatch: pytes
     assert 0.0 <= metrics["zeroshot_top1_mean"] <= 1.0
     assert 0.0 <= metrics["retrieval_mean_r1"] <= 1.0
     assert json.loads((work / "metrics" / "evaluation.json").read_text()) == metrics
+    for model in ("chance", "vit-teacher", "rn-teacher", "teacher-ensemble"):
+        assert 0.0 <= metrics[f"{model}/zeroshot_top1_mean"] <= 1.0
 
     mlflow.set_tracking_uri(base["mlflow"]["tracking_uri"])
     champion = mlflow.MlflowClient().get_model_version_by_alias("clipforge-student", "champion")
