@@ -162,6 +162,9 @@ def reference_models(ctx: StageContext, device: str) -> list[tuple[str, ClipLike
     if folder is None:
         return []
     teachers = load_teachers(folder, device=device)
+    clashing = sorted({t.name for t in teachers} & {CHANCE, STUDENT, ENSEMBLE})
+    if clashing:
+        raise ValueError(f"teacher names {clashing} clash with the report's own rows ({CHANCE}, {STUDENT}, {ENSEMBLE})")
     ensemble = TeacherEnsemble(teachers)
     models: list[tuple[str, ClipLike, Tokenizer, int]] = [(t.name, t, pass_strings, t.image_size) for t in teachers]
     return [*models, (ENSEMBLE, ensemble, pass_strings, ensemble.image_size)]

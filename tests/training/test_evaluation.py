@@ -264,3 +264,15 @@ def test_run_on_generated_embedded_benchmark(lake: dict[str, Path], tmp_path: Pa
     assert "retrieval" in kinds.values() and "classification" in kinds.values()
     assert {"zeroshot_top1_mean", "retrieval_mean_r1"} <= set(outcome.metrics)
     assert all(t["samples"] == 6 for t in outcome.summary["tasks"])
+
+
+def test_a_teacher_named_like_a_report_row_is_an_error(lake: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    teachers = tmp_path / "teacher_models"
+    shutil.copytree(lake["teacher_models"], teachers)
+    record = json.loads((teachers / "teacher0" / "model.json").read_text())
+    (teachers / "teacher0" / "model.json").write_text(json.dumps({**record, "name": "chance"}))
+    ctx = _ctx(tmp_path, {**lake, "teacher_models": teachers}, latency_repeats=1, latency_warmup=0)
+    with pytest.raises(ValueError, match=r"teacher names \['chance'\] clash"):
+        run(ctx)
