@@ -17,8 +17,8 @@ from clipforge.files import path_sha256
 from clipforge.gates.rules import SHA256, Suite, finite, positive, regex, single_value
 from clipforge.stage_api import StageContext, StageOutcome
 from training.data.reinforced import ReinforcedDataset, collate
-from training.models.checkpoints import load_pretrained_student
-from training.models.students import STAGE_MODEL_DIR, StudentClip, build_student, is_folded_student, save_student
+from training.models.checkpoints import initial_student
+from training.models.students import STAGE_MODEL_DIR, StudentClip, save_student
 from training.trainers.plots import HISTORY_FILE, LOSS_CURVE, save_loss_curve
 from training.trainers.student import StudentTrainResult, rng_state, seed_everything, train_student
 
@@ -72,19 +72,6 @@ def save_outputs(model: StudentClip, result: StudentTrainResult, cfg: StudentMod
         out_dir / CHECKPOINT_FILE,
     )
     save_loss_curve(result.history, out_dir / LOSS_CURVE)
-
-
-def initial_student(cfg: StudentModelConfig) -> StudentClip:
-    """A fresh ``cfg.model`` student, or one holding ``cfg.init_checkpoint``'s weights."""
-    if cfg.init_checkpoint is None:
-        return build_student(cfg.model)
-    if is_folded_student(Path(cfg.init_checkpoint)):
-        # Folded blocks have lost their train-time branches: training them is not the recipe.
-        raise ValueError(
-            f"student_model.init_checkpoint={cfg.init_checkpoint!r} is a reparameterized (folded) student; "
-            "start from the unfolded student_model folder instead"
-        )
-    return load_pretrained_student(cfg.model, cfg.init_checkpoint)
 
 
 def run(ctx: StageContext) -> StageOutcome:

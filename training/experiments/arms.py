@@ -21,7 +21,8 @@ from training.data.benchmark import Task
 from training.data.reinforced import ReinforcedDataset, collate
 from training.eval.report import aggregate, headline
 from training.eval.zeroshot import evaluate_task
-from training.models.students import StudentClip, build_student
+from training.models.checkpoints import initial_student
+from training.models.students import StudentClip
 from training.trainers.student import seed_everything, train_student
 
 
@@ -64,7 +65,11 @@ def run_arm(
     """Train ``cfg`` (the arm's student config at one seed), scoring every ``eval_every`` steps."""
     tracker = tracker or NullTracker()
     seed_everything(cfg.seed)
-    model = build_student(cfg.model)
+    model = initial_student(cfg)  # what student_model would train: init_checkpoint honoured
+    if model.info.image_size != cfg.image_size:
+        raise ValueError(
+            f"arm {arm.name!r}: {cfg.model!r} takes {model.info.image_size} px, not image_size={cfg.image_size}"
+        )
     evals: list[dict[str, Any]] = []
 
     def evaluate(step: int) -> float:

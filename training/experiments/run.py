@@ -56,11 +56,17 @@ def run_experiment(
     with _tracked(params, track) as (parent, child):
         parent.log_params({"experiment": exp.model_dump(mode="json"), "student_model": base.model_dump(mode="json")})
         for seed in exp.seeds:
-            # The data (and its per-epoch augmentation draw) depends on the seed only: built once per seed.
-            tokenizer = build_student(base.model).tokenizer()
-            dataset = ReinforcedDataset.from_stage_dir(reinforced_dataset, tokenizer, base.image_size, seed)
+            # The data (and its per-epoch augmentation draw) depends on the seed, and on the
+            # student's tokenizer and resolution: decoded once per (variant, size) and seed.
+            datasets: dict[tuple[str, int], ReinforcedDataset] = {}
             for arm in exp.arms:
                 cfg = arm_student_config(base, arm, seed=seed, steps=exp.steps)
+                if (cfg.model, cfg.image_size) not in datasets:
+                    tokenizer = build_student(cfg.model).tokenizer()
+                    datasets[cfg.model, cfg.image_size] = ReinforcedDataset.from_stage_dir(
+                        reinforced_dataset, tokenizer, cfg.image_size, seed
+                    )
+                dataset = datasets[cfg.model, cfg.image_size]
                 tags = {"clipforge.experiment.arm": arm.name, "clipforge.experiment.seed": str(seed)}
                 with child(f"{arm.name} seed {seed}", tags) as tracker:
                     tracker.log_params(

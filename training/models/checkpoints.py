@@ -22,11 +22,12 @@ from typing import Any, Literal
 import open_clip
 import torch
 
+from clipforge.config import StudentModelConfig
 from training.models.mobileclip.apple_layout import IMAGE_PREFIX, TEXT_PREFIX, from_apple, to_apple
 from training.models.mobileclip.model import MobileClip
 from training.models.mobileclip.open_clip_layout import from_open_clip, to_open_clip
 from training.models.mobileclip.variants import build_mobileclip, variant_config
-from training.models.students import STUDENT_REGISTRY, StudentClip, build_student, load_student
+from training.models.students import STUDENT_REGISTRY, StudentClip, build_student, is_folded_student, load_student
 
 Layout = Literal["clipforge", "open_clip", "apple"]
 _CLIP = "clip."  # StudentClip's prefix in front of MobileClip's keys
@@ -219,3 +220,16 @@ def load_pretrained_student(variant: str, path: Path | str) -> StudentClip:
     student = build_student(name)
     load_state_strict(student, state, f"{path} ({layout} layout)")
     return student.eval()
+
+
+def initial_student(cfg: StudentModelConfig) -> StudentClip:
+    """A fresh ``cfg.model`` student, or one holding ``cfg.init_checkpoint``'s weights."""
+    if cfg.init_checkpoint is None:
+        return build_student(cfg.model)
+    if is_folded_student(Path(cfg.init_checkpoint)):
+        # Folded blocks have lost their train-time branches: training them is not the recipe.
+        raise ValueError(
+            f"student_model.init_checkpoint={cfg.init_checkpoint!r} is a reparameterized (folded) student; "
+            "start from the unfolded student_model folder instead"
+        )
+    return load_pretrained_student(cfg.model, cfg.init_checkpoint)

@@ -21,6 +21,7 @@ from training.models.checkpoints import (
     export_apple_checkpoint,
     export_open_clip_checkpoint,
     from_open_clip_state_dict,
+    initial_student,
     load_pretrained_student,
     read_state_dict,
     to_apple_state_dict,
@@ -30,7 +31,6 @@ from training.models.mobileclip import build_mobileclip, list_variants
 from training.models.mobileclip.apple_layout import from_apple, to_apple
 from training.models.mobileclip.open_clip_layout import from_open_clip, to_open_clip
 from training.models.students import StudentClip, build_student, save_student
-from training.student_model import initial_student
 
 EOT = 49407  # the CLIP tokenizer's end-of-text id, the highest in its vocabulary
 OPEN_CLIP_VARIANTS = [name for name in list_variants() if open_clip.get_model_config(name) is not None]
