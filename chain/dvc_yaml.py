@@ -45,9 +45,10 @@ HEADER = """\
 """
 
 
-def code_deps(spec: StageSpec, graph: ImportGraph) -> list[str]:
-    """Repo-relative paths of every file the stage's run can import, and their data folders."""
-    modules = graph.closure([RUNNER_MODULE, spec.module])
+def code_deps(module: str, graph: ImportGraph) -> list[str]:
+    """Repo-relative paths of every file a run of ``module`` through the runner and the CLI can
+    import, and their data folders."""
+    modules = graph.closure([RUNNER_MODULE, module])
     paths = {graph.files[m] for m in modules} | graph.data_dirs(modules) | {graph.root / CLI_FILE}
     return sorted(p.relative_to(graph.root).as_posix() for p in paths)
 
@@ -55,7 +56,7 @@ def code_deps(spec: StageSpec, graph: ImportGraph) -> list[str]:
 def stage_entry(spec: StageSpec, graph: ImportGraph) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "cmd": f"clipforge {spec.name} --no-progress",
-        "deps": [*code_deps(spec, graph), *(f"{LAKE}/{name}" for name in spec.inputs)],
+        "deps": [*code_deps(spec.module, graph), *(f"{LAKE}/{name}" for name in spec.inputs)],
         "params": list(spec.sections),
         "outs": [{f"{LAKE}/{spec.name}": {"persist": False}}],
     }
@@ -85,14 +86,10 @@ def render_experiment(root: Path = REPO) -> str:
     from chain.cli import EXPERIMENT_INPUTS
     from training.experiments.outputs import EVALS_FILE, PLOT_FILE, REPORT_FILE, RESULT_FILE
 
-    graph = ImportGraph(root)
-    modules = graph.closure([RUNNER_MODULE, EXPERIMENT_MODULE])
-    paths = {graph.files[m] for m in modules} | graph.data_dirs(modules) | {graph.root / CLI_FILE}
-    code = sorted(p.relative_to(graph.root).as_posix() for p in paths)
     stage = {
         "wdir": "..",
         "cmd": "clipforge experiment --no-progress",
-        "deps": [*code, *(f"{LAKE}/{name}" for name in EXPERIMENT_INPUTS)],
+        "deps": [*code_deps(EXPERIMENT_MODULE, ImportGraph(root)), *(f"{LAKE}/{name}" for name in EXPERIMENT_INPUTS)],
         "params": ["experiment", "student_model", "evaluation"],
         "outs": [{name: {"cache": False}} for name in (REPORT_FILE, PLOT_FILE, EVALS_FILE)],
         "metrics": [{RESULT_FILE: {"cache": False}}],
@@ -115,7 +112,7 @@ def problems(dvc: dict[str, Any], root: Path = REPO) -> list[str]:
         def covered(path: str, deps: list[str] = deps) -> bool:
             return any(path == d or path.startswith(d + "/") for d in deps)
 
-        for path in code_deps(spec, graph):
+        for path in code_deps(spec.module, graph):
             if not covered(path):
                 found.append(f"{spec.name}: does not depend on {path}, which its run imports or reads")
         for name in spec.inputs:

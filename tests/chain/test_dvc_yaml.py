@@ -42,7 +42,7 @@ def test_every_stage_depends_on_its_import_closure() -> None:
 def test_the_closure_follows_function_level_imports() -> None:
     # filtered_pool imports the open_clip model folders at module level; evaluation promotes through
     # clipforge.registry, and the model configs are data its packages read.
-    deps = {spec.name: set(dvc_yaml.code_deps(spec, ImportGraph(REPO))) for spec in CHAIN}
+    deps = {spec.name: set(dvc_yaml.code_deps(spec.module, ImportGraph(REPO))) for spec in CHAIN}
     assert "training/models/open_clip_models.py" in deps["filtered_pool"]
     assert "training/models/model_configs" in deps["filtered_pool"]
     assert "export/parity.py" in deps["reparameterized_model"]

@@ -13,6 +13,8 @@ from training.eval.references import CHANCE
 CLASSIFICATION_METRICS = ("top1", "top5", "mean_per_class_recall")
 RETRIEVAL_METRICS = ("image_r1", "image_r5", "image_r10", "text_r1", "text_r5", "text_r10")
 AGGREGATES = ("zeroshot_top1_mean", "retrieval_mean_r1")
+# What :func:`headline` reports per task kind.
+HEADLINE_LABELS = {"classification": "top-1", "retrieval": "mean R@1"}
 
 
 def aggregate(metrics: dict[str, float], kinds: dict[str, str]) -> dict[str, float]:
@@ -66,7 +68,7 @@ def references_table(per_model: dict[str, dict[str, float]], kinds: dict[str, st
     """Markdown: one row per model (chance, teachers, ensemble, student), one column per task's
     headline score, then the aggregates present."""
     aggregates = [a for a in AGGREGATES if any(a in scores for scores in per_model.values())]
-    header = [*(f"{t} ({'top-1' if k == 'classification' else 'mean R@1'})" for t, k in kinds.items()), *aggregates]
+    header = [*(f"{t} ({HEADLINE_LABELS[k]})" for t, k in kinds.items()), *aggregates]
     lines = ["| model | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     for name, scores in per_model.items():
         cells = [f"{headline(scores, t, k):.4f}" for t, k in kinds.items()]
@@ -96,7 +98,7 @@ def reference_chart(per_model: dict[str, dict[str, float]], kinds: dict[str, str
             level = headline(per_model[CHANCE], t, kinds[t])
             ax.hlines(level, xi - 0.45, xi + 0.45, colors="black", linestyles="dashed", linewidth=1)
         ax.plot([], [], "k--", linewidth=1, label="chance")
-    ax.set_xticks(x, [f"{t}\n({'top-1' if kinds[t] == 'classification' else 'R@1'})" for t in tasks])
+    ax.set_xticks(x, [f"{t}\n({HEADLINE_LABELS[kinds[t]]})" for t in tasks])
     ax.set_ylim(0, 1)
     ax.set_ylabel("score on the held-out benchmark")
     ax.grid(axis="y", alpha=0.3)

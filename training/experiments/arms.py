@@ -20,7 +20,7 @@ from clipforge.stage_api import NullTracker, Tracker
 from training.data.benchmark import Task
 from training.data.reinforced import ReinforcedDataset, collate
 from training.eval.report import aggregate, headline
-from training.eval.zeroshot import evaluate_task
+from training.eval.zeroshot import Tokenizer, evaluate_task
 from training.models.checkpoints import initial_student
 from training.models.students import StudentClip
 from training.trainers.student import seed_everything, train_student
@@ -36,7 +36,7 @@ class ArmRun:
     final_loss: float
 
 
-def score(model: StudentClip, tasks: Sequence[Task], batch_size: int) -> dict[str, float]:
+def score(model: StudentClip, tokenizer: Tokenizer, tasks: Sequence[Task], batch_size: int) -> dict[str, float]:
     """Each task's headline score (top-1, or mean R@1) and the aggregates, in eval mode."""
     was_training = model.training
     model.eval()
@@ -45,7 +45,7 @@ def score(model: StudentClip, tasks: Sequence[Task], batch_size: int) -> dict[st
     device = next(model.parameters()).device
     with torch.no_grad():
         for task in tasks:
-            scores = evaluate_task(model, model.tokenizer(), model.info.image_size, task, batch_size, device)
+            scores = evaluate_task(model, tokenizer, model.info.image_size, task, batch_size, device)
             metrics.update({f"{task.name}/{key}": value for key, value in scores.items()})
     model.train(was_training)
     return {**{t: headline(metrics, t, k) for t, k in kinds.items()}, **aggregate(metrics, kinds)}
@@ -71,12 +71,13 @@ def run_arm(
             f"arm {arm.name!r}: {cfg.model!r} takes {model.info.image_size} px, not image_size={cfg.image_size}"
         )
     evals: list[dict[str, Any]] = []
+    tokenizer = model.tokenizer()  # built once: open_clip reads its BPE vocabulary each time
 
     def evaluate(step: int) -> float:
         if step % eval_every and step != cfg.steps:
             return 0.0
         started = time.perf_counter()
-        scores = score(model, tasks, eval_batch_size)
+        scores = score(model, tokenizer, tasks, eval_batch_size)
         evals.append({"arm": arm.name, "seed": cfg.seed, "step": step, **scores})
         tracker.log_metrics({f"bench_{k}": v for k, v in scores.items()}, step)
         return time.perf_counter() - started
