@@ -8,6 +8,7 @@ that names the file and the key.
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -195,6 +196,26 @@ class ReinforcedDatasetConfig(_Section):
         return self
 
 
+# CLIP-KD's loss terms, in the order reports list them (training/losses/clip_kd.py).
+KD_TERMS: tuple[str, ...] = ("crd", "fd", "mfd", "gd", "icl", "afd")
+
+
+class ClipKDConfig(_Section):
+    # CLIP-KD's loss weights (docs/method.md §3), added to the MobileCLIP loss; 0 turns a term
+    # off. The paper's recommendation: crd 1, icl 1, fd 2000 (with distill_lambda 0: CLIP + KD).
+    crd: Annotated[float, Field(ge=0)]
+    fd: Annotated[float, Field(ge=0)]
+    mfd: Annotated[float, Field(ge=0)]
+    gd: Annotated[float, Field(ge=0)]
+    icl: Annotated[float, Field(ge=0)]
+    afd: Annotated[float, Field(ge=0)]
+    # MFD: the fraction of image patches (ViT tokens, or pixel patches for a conv tower) hidden.
+    mfd_mask_ratio: Annotated[float, Field(gt=0, lt=1)]
+
+    def weights(self) -> dict[str, float]:
+        return {t: getattr(self, t) for t in KD_TERMS}
+
+
 class StudentModelConfig(_Section):
     model: Text
     # Start from these weights instead of a fresh init: a student folder or a checkpoint file in
@@ -213,6 +234,7 @@ class StudentModelConfig(_Section):
     # MobileCLIP loss weight: L = (1 - lambda) L_CLIP + lambda L_distill.
     distill_lambda: Fraction
     use_synthetic_captions: bool
+    kd: ClipKDConfig
     seed: Seed
     num_workers: NonNegative
     log_every: Count
@@ -283,7 +305,20 @@ class ExperimentConfig(_Section):
 
 def arm_student_config(base: StudentModelConfig, arm: ExperimentArm, *, seed: int, steps: int) -> StudentModelConfig:
     """The student_model section one arm trains with at one seed (validated like params.yaml)."""
-    return StudentModelConfig.model_validate({**base.model_dump(), **arm.student_model, "seed": seed, "steps": steps})
+    merged = deep_merge(base.model_dump(), arm.student_model)
+    return StudentModelConfig.model_validate({**merged, "seed": seed, "steps": steps})
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``; nested mappings merge key by key (a profile over params.yaml,
+    an experiment arm over student_model)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 class Params(_Section):

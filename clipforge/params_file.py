@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from clipforge.config import Params
+from clipforge.config import Params, deep_merge
 
 BASE_KEY = "base"
 DEFAULT_PARAMS_FILE = "params.yaml"  # what the CLI and the Dagster resource load unless told otherwise
@@ -68,16 +68,6 @@ def _leaves(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[st
     return out
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
 def _read_tree(path: Path, sources: dict[tuple[str, ...], str], seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The file merged over its bases; ``sources`` learns which file set each key."""
     resolved = path.resolve()
@@ -92,7 +82,7 @@ def _read_tree(path: Path, sources: dict[tuple[str, ...], str], seen: tuple[Path
         base_path = path.parent / base_name
         if not base_path.is_file():
             raise ParamsError(f"{_shown(path)}: {BASE_KEY}: no such params file {_shown(base_path)}")
-        merged = _merge(_read_tree(base_path, sources, (*seen, resolved)), own)
+        merged = deep_merge(_read_tree(base_path, sources, (*seen, resolved)), own)
     for key in _leaves(own):  # after the base's: this file's values win
         _note(sources, key, _shown(path))
     return merged

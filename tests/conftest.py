@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from clipforge.config import Params
+from clipforge.config import Params, deep_merge
 from clipforge.params_file import load_params
 
 # The repository root: tests find params.yaml, profiles/ and dvc.yaml from here.
@@ -113,8 +113,8 @@ def default_params() -> Params:
 
 
 def with_changes(config: Any, **changes: Any) -> Any:
-    """A copy of a config model with ``changes`` applied and validated (nested dicts allowed)."""
-    return type(config).model_validate({**config.model_dump(), **changes})
+    """A copy of a config model with ``changes`` applied and validated (nested dicts merge)."""
+    return type(config).model_validate(deep_merge(config.model_dump(), changes))
 
 
 def section(name: str, **changes: Any) -> Any:

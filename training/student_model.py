@@ -61,6 +61,9 @@ def save_outputs(model: StudentClip, result: StudentTrainResult, cfg: StudentMod
     torch.save(
         {
             "model": model.state_dict(),
+            # CLIP-KD's projections, fusion layers and ICL scale (None when no KD term is on):
+            # the optimiser's state covers them too, so a resume needs both.
+            "kd_loss": None if result.kd_loss is None else result.kd_loss.cpu().state_dict(),
             "optimizer": result.optimizer.state_dict(),
             "step": result.steps,
             "epoch": result.epoch,

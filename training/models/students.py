@@ -16,8 +16,10 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.transformer import PatchDropout
 from torch import nn
 
+from training.models.masking import mask_pixel_patches
 from training.models.open_clip_models import fresh_model  # importing it registers clipforge's cf-* configs
 from training.optim import scale_multiplier
 
@@ -56,6 +58,25 @@ class StudentClip(nn.Module):
     def encode_image(self, pixels: torch.Tensor) -> torch.Tensor:
         """[B, 3, S, S] in [0, 1] -> [B, D], L2-normalised."""
         return F.normalize(self.clip.encode_image((pixels - self.pixel_mean) / self.pixel_std), dim=-1)
+
+    def encode_image_masked(
+        self, pixels: torch.Tensor, ratio: float, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The embedding of a view with ``ratio`` of its patches hidden (CLIP-KD's MFD), [B, D].
+
+        An open_clip ViT tower drops that share of its patch tokens (MAE-style, through its
+        own ``PatchDropout`` slot); any other tower sees pixel patches filled with the mean.
+        """
+        visual = self.clip.visual
+        if isinstance(getattr(visual, "patch_dropout", None), nn.Module):
+            saved = visual.patch_dropout
+            # A fresh module is in training mode, so it masks even when the tower is in eval.
+            visual.patch_dropout = PatchDropout(ratio)
+            try:
+                return self.encode_image(pixels)
+            finally:
+                visual.patch_dropout = saved
+        return self.encode_image(mask_pixel_patches(pixels, ratio, self.pixel_mean, generator=generator))
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, context_length] int token ids -> [B, D], L2-normalised."""

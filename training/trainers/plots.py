@@ -44,7 +44,8 @@ def save_loss_curve(history: pd.DataFrame, path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, (ax_loss, ax_scale) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for column in ("loss", "loss_clip", "loss_distill"):
+    # The total, MobileCLIP's two parts, then the weighted CLIP-KD sum when KD was on.
+    for column in [c for c in ("loss", "loss_clip", "loss_distill", "loss_kd") if c in history]:
         ax_loss.plot(history["step"], history[column], label=column, linewidth=1)
     ax_loss.set_xlabel("step")
     ax_loss.set_title("student loss")

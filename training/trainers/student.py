@@ -1,4 +1,5 @@
-"""The student trainer: the MobileCLIP loss from stored teacher embeddings (docs/method.md §1, §2.7).
+"""The student trainer: the MobileCLIP loss from stored teacher embeddings (docs/method.md §1, §2.7),
+plus any of CLIP-KD's terms (§3) that ``student_model.kd`` weights above 0.
 
 Each step draws a batch of images, each with one stored augmentation replayed at the student's
 resolution, its real caption and one synthetic caption, and the teachers' stored embeddings of
@@ -26,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 from clipforge.config import StudentModelConfig
 from clipforge.progress import Progress, no_progress
 from clipforge.stage_api import NullTracker, Tracker
+from training.losses.clip_kd import ClipKDLoss
 from training.losses.mobileclip import mobileclip_loss
 from training.models.students import StudentClip
 from training.optim import adamw, clamp_logit_scale_, cosine_lr, scale_multiplier, set_lr
@@ -47,6 +49,8 @@ class StudentTrainResult:
     train_seconds: float
     samples_per_second: float
     final_loss: float
+    # CLIP-KD's learned parts (projections, fusion, ICL scale) when a KD term is on, else None.
+    kd_loss: ClipKDLoss | None = None
 
 
 def _epoch_loader(
@@ -131,10 +135,13 @@ def train_student(
     batch_size = min(cfg.batch_size, n)
 
     model.to(device).train()
-    optimizer = adamw(model, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
+    kd = ClipKDLoss(cfg.kd.weights(), model.info.embed_dim, teacher_dims, teacher_scales).to(device)
+    # The KD module's projections and scales train with the student, in one optimiser.
+    trained = torch.nn.ModuleList([model, kd]) if kd.active else model
+    optimizer = adamw(trained, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
     # bf16 autocast only on CUDA; on CPU fp32 is faster than emulated bf16 here.
     use_amp = device.type == "cuda"
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in trained.parameters() if p.requires_grad]
 
     def batches() -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
         epoch = 0
@@ -170,6 +177,8 @@ def train_student(
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
             s_img = model.encode_image(pixels)  # [B, D]
             s_txt = model.encode_text(tokens.to(device))  # [B or 2B, D]
+            # MFD: the same stored view with patches hidden, a second image pass.
+            s_img_masked = model.encode_image_masked(pixels, cfg.kd.mfd_mask_ratio) if kd.needs_masked_view else None
         scale = scale_multiplier(model.logit_scale)
         if cfg.use_synthetic_captions:
             s_real, s_syn = s_txt.split(pixels.shape[0])
@@ -180,6 +189,14 @@ def train_student(
             s_img, s_real, s_syn, scale, t_img, t_real, t_syn, teacher_dims, teacher_scales, cfg.distill_lambda
         )
         loss = out["loss"]
+        kd_parts: dict[str, float] = {}
+        if kd.active:
+            # Like L(B_real) + L(B_syn): the KD terms of every caption set, summed.
+            sets = [(s_real, t_real)] + ([(s_syn, t_syn)] if s_syn is not None else [])
+            kd_outs = [kd(s_img, s_set, scale, t_img, t_set, s_img_masked) for s_set, t_set in sets]
+            kd_total = {key: sum(o[key] for o in kd_outs) for key in kd_outs[0]}
+            loss = loss + kd_total["loss_kd"]
+            kd_parts = {key: float(value.detach()) for key, value in kd_total.items()}
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
@@ -188,6 +205,7 @@ def train_student(
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
         optimizer.step()
         clamp_logit_scale_(model.logit_scale)
+        kd.clamp_scales_()
 
         row = {
             "step": step + 1,
@@ -198,12 +216,12 @@ def train_student(
             "lr": lr,
             "logit_scale": float(model.logit_scale.detach().exp()),
             "grad_norm": grad_norm,
+            **kd_parts,
         }
         rows.append(row)
         if (step + 1) % max(cfg.log_every, 1) == 0 or step + 1 == cfg.steps:
-            tracker.log_metrics(
-                {k: row[k] for k in ("loss", "loss_clip", "loss_distill", "lr", "logit_scale")}, step + 1
-            )
+            logged = ("loss", "loss_clip", "loss_distill", "lr", "logit_scale", *kd_parts)
+            tracker.log_metrics({k: row[k] for k in logged}, step + 1)
         if after_step is not None:
             hook_seconds += after_step(step + 1)
     train_seconds = time.perf_counter() - started - hook_seconds
@@ -221,4 +239,5 @@ def train_student(
         train_seconds=train_seconds,
         samples_per_second=cfg.steps * batch_size / max(train_seconds, 1e-9),
         final_loss=float(history["loss"].iloc[-window:].mean()),
+        kd_loss=kd if kd.active else None,
     )

@@ -124,3 +124,34 @@ def test_rng_state_round_trips_through_a_weights_only_load(tmp_path: Path) -> No
     np.testing.assert_array_equal(again[1], expected[1])
     assert again[2] == expected[2]
     assert torch.equal(again[3], expected[3])
+
+
+def test_clip_kd_terms_train_beside_the_mobileclip_loss(tmp_path: Path) -> None:
+    weights = {"crd": 1.0, "icl": 1.0, "fd": 2000.0, "mfd": 100.0, "gd": 0.0, "afd": 0.0}
+    cfg = section("student_model", steps=3, batch_size=4, warmup_steps=1, lr=1e-2, distill_lambda=0.5, kd=weights)
+    torch.manual_seed(0)
+    model = build_student("tiny-vit")
+    assert model.info.embed_dim not in DIMS  # the projections are real linear maps here
+    result = train_student(model, FixedBatch(6), cfg, DIMS, SCALES)
+    history = result.history
+    kd_columns = ["loss_crd", "loss_fd", "loss_mfd", "loss_icl", "loss_kd"]
+    assert set(kd_columns) <= set(history.columns) and "loss_gd" not in history
+    assert np.isfinite(history[kd_columns].to_numpy()).all()
+    # The logged total is MobileCLIP's (1 - lambda) L_CLIP + lambda L_distill plus the KD sum.
+    expected = 0.5 * history["loss_clip"] + 0.5 * history["loss_distill"] + history["loss_kd"]
+    np.testing.assert_allclose(history["loss"], expected, rtol=1e-5)
+    weighted = sum(w * history[f"loss_{t}"] for t, w in weights.items() if w > 0)
+    np.testing.assert_allclose(history["loss_kd"], weighted, rtol=1e-5)
+    # The projections and ICL's scale trained in the student's optimiser and reach the checkpoint.
+    kd = result.kd_loss
+    assert kd is not None
+    torch.manual_seed(0)
+    build_student("tiny-vit")  # same draws as the model above, then the projections' init
+    untrained = type(kd)(cfg.kd.weights(), model.info.embed_dim, DIMS, SCALES)
+    assert not torch.allclose(kd.projections.image[0].weight, untrained.projections.image[0].weight)
+    assert float(kd.icl_logit_scale.detach()) != pytest.approx(float(untrained.icl_logit_scale.detach()))
+    optimised = {id(p) for group in result.optimizer.param_groups for p in group["params"]}
+    assert {id(p) for p in kd.parameters()} <= optimised
+    save_outputs(model, result, cfg, tmp_path)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["kd_loss"]
+    assert set(saved) == set(kd.state_dict()) and "icl_logit_scale" in saved
