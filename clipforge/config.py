@@ -238,6 +238,12 @@ class StudentModelConfig(_Section):
     seed: Seed
     num_workers: NonNegative
     log_every: Count
+    # Resumable checkpoints every N steps (0: none before the end), the newest k kept, in a
+    # local folder outside the lake (a killed stage publishes nothing): a rerun of the same
+    # training resumes from the newest.
+    checkpoint_every: NonNegative
+    keep_checkpoints: Count
+    checkpoint_dir: Text
 
 
 class ReparameterizedModelConfig(_Section):

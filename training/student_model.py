@@ -7,6 +7,8 @@ Input: the ``reinforced_dataset`` folder (DataCompDR shards + ``dr_meta.json``),
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -15,12 +17,13 @@ import torch
 from clipforge.config import Params, StudentModelConfig
 from clipforge.files import path_sha256
 from clipforge.gates.rules import SHA256, Suite, finite, positive, regex, single_value
-from clipforge.stage_api import StageContext, StageOutcome
+from clipforge.stage_api import MANIFEST_FILE, StageContext, StageOutcome
 from training.data.reinforced import ReinforcedDataset, collate
 from training.models.checkpoints import initial_student
 from training.models.students import STAGE_MODEL_DIR, StudentClip, save_student
+from training.trainers.checkpointing import CheckpointStore
 from training.trainers.plots import HISTORY_FILE, LOSS_CURVE, save_loss_curve
-from training.trainers.student import StudentTrainResult, rng_state, seed_everything, train_student
+from training.trainers.student import StudentTrainResult, seed_everything, train_student
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -58,28 +61,34 @@ def save_outputs(model: StudentClip, result: StudentTrainResult, cfg: StudentMod
     model = model.cpu().eval()
     save_student(model, out_dir / STAGE_MODEL_DIR)
     result.history.to_parquet(out_dir / HISTORY_FILE, index=False)
-    torch.save(
-        {
-            "model": model.state_dict(),
-            # CLIP-KD's projections, fusion layers and ICL scale (None when no KD term is on):
-            # the optimiser's state covers them too, so a resume needs both.
-            "kd_loss": None if result.kd_loss is None else result.kd_loss.cpu().state_dict(),
-            "optimizer": result.optimizer.state_dict(),
-            "step": result.steps,
-            "epoch": result.epoch,
-            "batch_in_epoch": result.batch_in_epoch,
-            "batch_size": result.batch_size,
-            "rng": rng_state(),
-            "config": cfg.model_dump(mode="json"),
-        },
-        out_dir / CHECKPOINT_FILE,
-    )
+    torch.save(result.final_state, out_dir / CHECKPOINT_FILE)
     save_loss_curve(result.history, out_dir / LOSS_CURVE)
+
+
+# Keys that change how a run is watched or stored, not what it trains: a rerun that changes
+# only these still resumes.
+_NOT_TRAINING = ("log_every", "num_workers", "checkpoint_every", "keep_checkpoints", "checkpoint_dir")
+
+
+def run_fingerprint(cfg: StudentModelConfig, reinforced_dataset: Path) -> str:
+    """What a run trains, hashed: the training keys, the input data's manifest, the init weights.
+
+    Resumable checkpoints are kept under this name, so only the same training resumes them.
+    """
+    facts = {
+        "student_model": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_TRAINING},
+        "reinforced_dataset": path_sha256(reinforced_dataset / MANIFEST_FILE),
+        "init_checkpoint": None if cfg.init_checkpoint is None else path_sha256(Path(cfg.init_checkpoint)),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def run(ctx: StageContext) -> StageOutcome:
     cfg = ctx.params.student_model
     folder = ctx.inputs["reinforced_dataset"]
+    checkpoints = CheckpointStore(
+        Path(cfg.checkpoint_dir) / ctx.name / run_fingerprint(cfg, folder), cfg.keep_checkpoints
+    )
     seed_everything(cfg.seed)
     model = initial_student(cfg)
     if model.info.image_size != cfg.image_size:
@@ -102,8 +111,11 @@ def run(ctx: StageContext) -> StageOutcome:
         tracker=ctx.tracker,
         progress=ctx.progress,
         device=device,
+        checkpoints=checkpoints,
     )
     save_outputs(model, result, cfg, ctx.out_dir)
+    # The result is in the stage's output now; a rerun of the same training retrains from zero.
+    checkpoints.clear()
     ctx.tracker.log_artifact(ctx.out_dir / STAGE_MODEL_DIR, STAGE_MODEL_DIR)
 
     # Samples the loader could not use, by reason (counted, never silently dropped).
@@ -128,6 +140,7 @@ def run(ctx: StageContext) -> StageOutcome:
         "distill_lambda": cfg.distill_lambda,
         "use_synthetic_captions": cfg.use_synthetic_captions,
         "device": device.type,
+        "resumed_from_step": result.resumed_from_step,
         "first_loss": float(result.history["loss"].iloc[0]),
         "final_loss": result.final_loss,
         "final_logit_scale": float(result.history["logit_scale"].iloc[-1]),

@@ -6,9 +6,11 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
+from clipforge.stage_api import MANIFEST_FILE
 from tests.conftest import aug_settings
 from tests.training.student_helpers import DIMS, SCALES, caption
 from training.data.augment import sample_aug_params
@@ -59,4 +61,6 @@ def dr_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_captions=2,
         image_sizes=(64, 64),
     ).write(folder)
+    # Every published stage folder has one (student_model's resume key hashes it).
+    pd.DataFrame({"uid": [s.uid for s in samples]}).to_parquet(folder / MANIFEST_FILE, index=False)
     return folder

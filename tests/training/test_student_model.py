@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import math
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from clipforge.files import path_sha256
-from clipforge.stage_api import NullTracker, StageContext
-from tests.conftest import default_params, section, stage_gate
+from clipforge.stage_api import NullTracker, StageContext, StageOutcome
+from tests.conftest import default_params, section, stage_gate, with_changes
 from tests.training.student_helpers import DIMS, SCALES, caption, one_thread  # noqa: F401 (one_thread: autouse)
 from training.models.students import build_student, save_student
-from training.student_model import run
+from training.student_model import run, run_fingerprint
 
 
 def test_stage_run_writes_every_artifact(dr_folder: Path, tmp_path: Path) -> None:
@@ -103,3 +110,90 @@ def test_stage_records_the_init_checkpoint_content_hash(dr_folder: Path, tmp_pat
     recorded = run(ctx).summary["init_checkpoint"]
     assert recorded == {"path": str(start), "sha256": path_sha256(start)}
     assert len(recorded["sha256"]) == 64
+
+
+_STAGE_SCRIPT = """
+import json, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from clipforge.stage_api import StageContext
+from tests.conftest import default_params, section
+from training.student_model import run, run_fingerprint
+params = default_params().model_copy(update={"student_model": section("student_model", **json.loads(sys.argv[1]))})
+out = Path(sys.argv[3])
+out.mkdir()
+run(StageContext(name="student_model", params=params, inputs={"reinforced_dataset": Path(sys.argv[2])}, out_dir=out, show_progress=False))
+"""
+
+
+def _run_stage(dr_folder: Path, out: Path, **changes: Any) -> StageOutcome:
+    params = default_params().model_copy(update={"student_model": section("student_model", **changes)})
+    out.mkdir()
+    ctx = StageContext(
+        name="student_model", params=params, inputs={"reinforced_dataset": dr_folder}, out_dir=out, show_progress=False
+    )
+    return run(ctx)
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_uninterrupted_weights(dr_folder: Path, tmp_path: Path) -> None:
+    # 12 samples, batch 4: 3 batches an epoch, so the kill lands mid-epoch as often as not.
+    # MFD draws its masks from the global RNG, so the resume must restore it to match.
+    training = {
+        "steps": 150,
+        "batch_size": 4,
+        "warmup_steps": 5,
+        "log_every": 10,
+        "kd": {"icl": 1.0, "fd": 100.0, "mfd": 10.0},
+    }
+    straight = _run_stage(dr_folder, tmp_path / "straight", **training, checkpoint_dir=str(tmp_path / "ckpt_a"))
+    assert straight.summary["resumed_from_step"] == 0
+    assert not (tmp_path / "ckpt_a" / "student_model").exists() or not any((tmp_path / "ckpt_a").rglob("*.pt"))
+
+    store = {"checkpoint_every": 5, "keep_checkpoints": 2, "checkpoint_dir": str(tmp_path / "ckpt_b")}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _STAGE_SCRIPT,
+            json.dumps({**training, **store}),
+            str(dr_folder),
+            str(tmp_path / "killed"),
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while not [p for p in (tmp_path / "ckpt_b").rglob("step_*.pt") if int(p.stem[5:]) >= 20]:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint at step 20 within 120 s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    kept = sorted(int(p.stem[5:]) for p in (tmp_path / "ckpt_b").rglob("step_*.pt"))
+    assert 1 <= len(kept) <= 2 and kept[-1] < 150, kept
+
+    resumed = _run_stage(dr_folder, tmp_path / "resumed", **training, **store)
+    assert kept[-1] <= resumed.summary["resumed_from_step"] < 150
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    for part in ("model", "kd_loss"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.allclose(a[part][key], b[part][key], atol=1e-6), (part, key)
+    history_a = pd.read_parquet(tmp_path / "straight" / "history.parquet")
+    history_b = pd.read_parquet(tmp_path / "resumed" / "history.parquet")
+    pd.testing.assert_frame_equal(
+        history_a.drop(columns=["grad_norm"]), history_b.drop(columns=["grad_norm"]), atol=1e-6
+    )
+    assert not any((tmp_path / "ckpt_b").rglob("*.pt"))  # published: the run's checkpoints are gone
+
+
+def test_a_changed_training_does_not_resume_another_runs_checkpoint(dr_folder: Path, tmp_path: Path) -> None:
+    cfg = section("student_model", steps=4, batch_size=4)
+    same = run_fingerprint(cfg, dr_folder)
+    assert run_fingerprint(with_changes(cfg, log_every=3, checkpoint_dir="elsewhere"), dr_folder) == same
+    assert run_fingerprint(with_changes(cfg, lr=1e-4), dr_folder) != same
+    assert run_fingerprint(with_changes(cfg, kd={"fd": 1.0}), dr_folder) != same

@@ -16,13 +16,13 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from clipforge.config import StudentModelConfig
 from clipforge.progress import Progress, no_progress
@@ -31,6 +31,7 @@ from training.losses.clip_kd import ClipKDLoss
 from training.losses.mobileclip import mobileclip_loss
 from training.models.students import StudentClip
 from training.optim import adamw, clamp_logit_scale_, cosine_lr, scale_multiplier, set_lr
+from training.trainers.checkpointing import CheckpointStore
 
 # Keys a batch must carry (the reinforced data loader's item layout); *_syn only when
 # synthetic captions are used.
@@ -51,20 +52,29 @@ class StudentTrainResult:
     final_loss: float
     # CLIP-KD's learned parts (projections, fusion, ICL scale) when a KD term is on, else None.
     kd_loss: ClipKDLoss | None = None
+    # What checkpoint.pt holds (training_state at the last step), and the step it resumed at.
+    final_state: dict[str, Any] = field(default_factory=dict)
+    resumed_from_step: int = 0
 
 
 def _epoch_loader(
-    dataset: Dataset, batch_size: int, seed: int, epoch: int, collate: Callable, num_workers: int
+    dataset: Dataset, batch_size: int, seed: int, epoch: int, collate: Callable, num_workers: int, skip_batches: int = 0
 ) -> DataLoader:
+    """One epoch's batches, the first ``skip_batches`` left out (a resumed run's position)."""
     # The order depends only on (seed, epoch): resuming at an epoch replays the same order.
+    # (The same permutation RandomSampler draws from this generator.)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(dataset), generator=generator)[skip_batches * batch_size :].tolist()
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        sampler=RandomSampler(dataset, generator=generator),
+        sampler=order,
         drop_last=True,  # a contrastive batch must be full: every step sees B x B logits
         collate_fn=collate,
         num_workers=num_workers,
+        # The loader's worker seeds come from this generator, not the global RNG, so starting
+        # an epoch's loader mid-epoch (on resume) draws nothing the uninterrupted run did not.
+        generator=generator,
     )
 
 
@@ -113,11 +123,16 @@ def train_student(
     progress: Progress = no_progress,
     device: torch.device | None = None,
     after_step: Callable[[int], float] | None = None,
+    checkpoints: CheckpointStore | None = None,
 ) -> StudentTrainResult:
     """Run ``cfg.steps`` optimisation steps of the MobileCLIP loss; the model trains in place.
 
     ``after_step(step)`` (1-based) runs after every optimiser step, e.g. to evaluate; it
     returns the seconds it spent, which ``train_seconds`` leaves out.
+
+    With ``checkpoints``, the newest checkpoint there is resumed (weights, optimiser, CLIP-KD
+    parts, step, data position, RNGs, history) and a new one is written every
+    ``cfg.checkpoint_every`` steps and at the last; the run then ends as an uninterrupted one.
 
     ``dataset`` items: ``pixels`` [3, S, S] in [0, 1], ``tokens_real`` / ``tokens_syn`` [L],
     ``t_img`` / ``t_txt_real`` / ``t_txt_syn`` [sum D_k]; it may have ``set_epoch(e)`` to pick
@@ -143,20 +158,48 @@ def train_student(
     use_amp = device.type == "cuda"
     params = [p for p in trained.parameters() if p.requires_grad]
 
-    def batches() -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
-        epoch = 0
+    rows: list[dict[str, float]] = []
+    start_step = epoch = batch_in_epoch = 0
+    resumed = checkpoints.latest() if checkpoints is not None else None
+    if resumed is not None:
+        if resumed["batch_size"] != batch_size or resumed["step"] > cfg.steps:
+            raise ValueError(
+                f"checkpoint in {checkpoints.folder} is of another run (batch {resumed['batch_size']}, "
+                f"step {resumed['step']}; this run: batch {batch_size}, {cfg.steps} steps)"
+            )
+        model.load_state_dict(resumed["model"])
+        if kd.active:
+            kd.load_state_dict(resumed["kd_loss"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        start_step, epoch, batch_in_epoch = resumed["step"], resumed["epoch"], resumed["batch_in_epoch"]
+        rows = [dict(row) for row in resumed["history"]]
+        restore_rng_state(resumed["rng"])
+
+    def batches(first_epoch: int, skip: int) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
+        epoch = first_epoch
         while True:
             if hasattr(dataset, "set_epoch"):
                 dataset.set_epoch(epoch)
-            loader = _epoch_loader(dataset, batch_size, cfg.seed, epoch, collate, cfg.num_workers)
+            loader = _epoch_loader(dataset, batch_size, cfg.seed, epoch, collate, cfg.num_workers, skip)
             for index, batch in enumerate(loader):
-                yield epoch, index + 1, batch
-            epoch += 1
+                yield epoch, skip + index + 1, batch
+            epoch, skip = epoch + 1, 0
 
-    rows: list[dict[str, float]] = []
-    stream = batches()
-    steps_iter = progress(iter(range(cfg.steps)), "train steps", cfg.steps)
-    epoch = batch_in_epoch = 0
+    def state(step: int) -> dict[str, Any]:
+        return training_state(
+            model,
+            kd,
+            optimizer,
+            cfg,
+            step=step,
+            epoch=epoch,
+            batch_in_epoch=batch_in_epoch,
+            batch_size=batch_size,
+            history=rows,
+        )
+
+    stream = batches(epoch, batch_in_epoch)
+    steps_iter = progress(iter(range(start_step, cfg.steps)), "train steps", cfg.steps - start_step)
     started = time.perf_counter()
     hook_seconds = 0.0
     for step in steps_iter:
@@ -222,9 +265,14 @@ def train_student(
         if (step + 1) % max(cfg.log_every, 1) == 0 or step + 1 == cfg.steps:
             logged = ("loss", "loss_clip", "loss_distill", "lr", "logit_scale", *kd_parts)
             tracker.log_metrics({k: row[k] for k in logged}, step + 1)
+        if checkpoints is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            checkpoints.save(state(step + 1), step + 1)
         if after_step is not None:
             hook_seconds += after_step(step + 1)
     train_seconds = time.perf_counter() - started - hook_seconds
+    final_state = state(cfg.steps)
+    if checkpoints is not None and checkpoints.steps()[-1:] != [cfg.steps]:
+        checkpoints.save(final_state, cfg.steps)
 
     history = pd.DataFrame(rows)
     # Final loss: mean over the last logging window, less noisy than the last batch alone.
@@ -237,7 +285,41 @@ def train_student(
         batch_in_epoch=batch_in_epoch,
         batch_size=batch_size,
         train_seconds=train_seconds,
-        samples_per_second=cfg.steps * batch_size / max(train_seconds, 1e-9),
+        samples_per_second=(cfg.steps - start_step) * batch_size / max(train_seconds, 1e-9),
         final_loss=float(history["loss"].iloc[-window:].mean()),
         kd_loss=kd if kd.active else None,
+        final_state=final_state,
+        resumed_from_step=start_step,
     )
+
+
+def training_state(
+    model: StudentClip,
+    kd: ClipKDLoss,
+    optimizer: torch.optim.Optimizer,
+    cfg: StudentModelConfig,
+    *,
+    step: int,
+    epoch: int,
+    batch_in_epoch: int,
+    batch_size: int,
+    history: list[dict[str, float]],
+) -> dict[str, Any]:
+    """Everything an exact resume needs (checkpoint.pt and the resumable checkpoints alike).
+
+    The learning rate is a function of the step (warmup + cosine), so the step is the scheduler.
+    """
+    return {
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        # CLIP-KD's projections, fusion layers and ICL scale (None when no KD term is on): the
+        # optimiser's state covers them too, so a resume needs both.
+        "kd_loss": {k: v.detach().cpu().clone() for k, v in kd.state_dict().items()} if kd.active else None,
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "epoch": epoch,
+        "batch_in_epoch": batch_in_epoch,
+        "batch_size": batch_size,
+        "rng": rng_state(),
+        "history": [dict(row) for row in history],
+        "config": cfg.model_dump(mode="json"),
+    }
