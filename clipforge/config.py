@@ -244,6 +244,15 @@ class StudentModelConfig(_Section):
     checkpoint_every: NonNegative
     keep_checkpoints: Count
     checkpoint_dir: Text
+    # Data-parallel processes (torchrun's launcher: gloo on CPU, NCCL on GPUs); batch_size is
+    # the global batch and must split evenly.
+    nproc: Count
+
+    @model_validator(mode="after")
+    def _batch_splits_over_processes(self) -> StudentModelConfig:
+        if self.batch_size % self.nproc:
+            raise ValueError(f"batch_size {self.batch_size} does not split over nproc={self.nproc} processes")
+        return self
 
 
 class ReparameterizedModelConfig(_Section):

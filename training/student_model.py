@@ -17,13 +17,15 @@ import torch
 from clipforge.config import Params, StudentModelConfig
 from clipforge.files import path_sha256
 from clipforge.gates.rules import SHA256, Suite, finite, positive, regex, single_value
-from clipforge.stage_api import MANIFEST_FILE, StageContext, StageOutcome
+from clipforge.progress import Progress, no_progress
+from clipforge.stage_api import MANIFEST_FILE, StageContext, StageOutcome, Tracker
 from training.data.reinforced import ReinforcedDataset, collate
 from training.models.checkpoints import initial_student
 from training.models.students import STAGE_MODEL_DIR, StudentClip, save_student
 from training.trainers.checkpointing import CheckpointStore
+from training.trainers.distributed import init_process_group, launch
 from training.trainers.plots import HISTORY_FILE, LOSS_CURVE, save_loss_curve
-from training.trainers.student import StudentTrainResult, seed_everything, train_student
+from training.trainers.student import StudentTrainResult, logged_metrics, seed_everything, train_student
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -67,7 +69,8 @@ def save_outputs(model: StudentClip, result: StudentTrainResult, cfg: StudentMod
 
 # Keys that change how a run is watched or stored, not what it trains: a rerun that changes
 # only these still resumes.
-_NOT_TRAINING = ("log_every", "num_workers", "checkpoint_every", "keep_checkpoints", "checkpoint_dir")
+# (nproc too: a run killed under one process count resumes under another.)
+_NOT_TRAINING = ("log_every", "num_workers", "checkpoint_every", "keep_checkpoints", "checkpoint_dir", "nproc")
 
 
 def run_fingerprint(cfg: StudentModelConfig, reinforced_dataset: Path) -> str:
@@ -83,36 +86,84 @@ def run_fingerprint(cfg: StudentModelConfig, reinforced_dataset: Path) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run(ctx: StageContext) -> StageOutcome:
-    cfg = ctx.params.student_model
-    folder = ctx.inputs["reinforced_dataset"]
-    checkpoints = CheckpointStore(
-        Path(cfg.checkpoint_dir) / ctx.name / run_fingerprint(cfg, folder), cfg.keep_checkpoints
-    )
+def _prepare(cfg: StudentModelConfig, folder: Path) -> tuple[StudentClip, ReinforcedDataset]:
+    """The seeded initial student and its reinforced data (the same in every process)."""
     seed_everything(cfg.seed)
     model = initial_student(cfg)
     if model.info.image_size != cfg.image_size:
         raise ValueError(
             f"student_model.image_size={cfg.image_size} but variant {cfg.model!r} takes {model.info.image_size} px"
         )
-    dataset = ReinforcedDataset.from_stage_dir(folder, model.tokenizer(), cfg.image_size, cfg.seed)
-    meta = dataset.meta
-    teacher_dims = list(meta.teacher_dims)
-    teacher_scales = list(meta.logit_scales)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return model, ReinforcedDataset.from_stage_dir(folder, model.tokenizer(), cfg.image_size, cfg.seed)
 
+
+def _train(
+    cfg: StudentModelConfig,
+    folder: Path,
+    checkpoints: CheckpointStore,
+    device: torch.device,
+    tracker: Tracker | None = None,
+    progress: Progress = no_progress,
+) -> tuple[StudentClip, ReinforcedDataset, StudentTrainResult]:
+    model, dataset = _prepare(cfg, folder)
+    meta = dataset.meta
     result = train_student(
         model,
         dataset,
         cfg,
-        teacher_dims,
-        teacher_scales,
+        list(meta.teacher_dims),
+        list(meta.logit_scales),
         collate=collate,
-        tracker=ctx.tracker,
-        progress=ctx.progress,
+        tracker=tracker,
+        progress=progress,
         device=device,
         checkpoints=checkpoints,
     )
+    return model, dataset, result
+
+
+def train_process(cfg_json: str, folder: str, checkpoint_folder: str, result_file: str) -> None:
+    """One process of a data-parallel run (``student_model.nproc > 1``, started by the launcher).
+
+    Rank 0 leaves the result in ``result_file`` for the stage, which publishes it.
+    """
+    device = init_process_group()
+    try:
+        cfg = StudentModelConfig.model_validate_json(cfg_json)
+        store = CheckpointStore(Path(checkpoint_folder), cfg.keep_checkpoints)
+        _, _, result = _train(cfg, Path(folder), store, device)
+        if torch.distributed.get_rank() == 0:
+            # The weights travel in final_state; the live optimiser and KD module stay here.
+            result.optimizer, result.kd_loss = None, None
+            torch.save(result, result_file)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def run(ctx: StageContext) -> StageOutcome:
+    cfg = ctx.params.student_model
+    folder = ctx.inputs["reinforced_dataset"]
+    checkpoints = CheckpointStore(
+        Path(cfg.checkpoint_dir) / ctx.name / run_fingerprint(cfg, folder), cfg.keep_checkpoints
+    )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.nproc > 1:
+        result_file = ctx.out_dir / "distributed_result.pt"
+        launch(
+            cfg.nproc, train_process, [cfg.model_dump_json(), str(folder), str(checkpoints.folder), str(result_file)]
+        )
+        model, dataset = _prepare(cfg, folder)
+        # Our own file, written by rank 0 a moment ago: a pickled StudentTrainResult.
+        result = torch.load(result_file, weights_only=False)
+        result_file.unlink()
+        model.load_state_dict(result.final_state["model"])
+        for row in result.history.to_dict("records"):
+            if row["step"] % cfg.log_every == 0 or row["step"] == cfg.steps:
+                ctx.tracker.log_metrics(logged_metrics(row), int(row["step"]))
+    else:
+        model, dataset, result = _train(cfg, folder, checkpoints, device, ctx.tracker, ctx.progress)
+    meta = dataset.meta
+    teacher_dims, teacher_scales = list(meta.teacher_dims), list(meta.logit_scales)
     save_outputs(model, result, cfg, ctx.out_dir)
     # The result is in the stage's output now; a rerun of the same training retrains from zero.
     checkpoints.clear()
@@ -140,6 +191,7 @@ def run(ctx: StageContext) -> StageOutcome:
         "distill_lambda": cfg.distill_lambda,
         "use_synthetic_captions": cfg.use_synthetic_captions,
         "device": device.type,
+        "processes": cfg.nproc,
         "resumed_from_step": result.resumed_from_step,
         "first_loss": float(result.history["loss"].iloc[0]),
         "final_loss": result.final_loss,

@@ -197,3 +197,34 @@ def test_a_changed_training_does_not_resume_another_runs_checkpoint(dr_folder: P
     assert run_fingerprint(with_changes(cfg, log_every=3, checkpoint_dir="elsewhere"), dr_folder) == same
     assert run_fingerprint(with_changes(cfg, lr=1e-4), dr_folder) != same
     assert run_fingerprint(with_changes(cfg, kd={"fd": 1.0}), dr_folder) != same
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_with_the_whole_batch(dr_folder: Path, tmp_path: Path) -> None:
+    """torchrun's launcher, gloo: 2 x 4 samples per step equal 1 x 8, loss and weights.
+
+    tiny-vit: layer norms only. A BatchNorm tower normalises each rank's share by its own
+    statistics on CPU (SyncBatchNorm is GPU-only), so it matches only approximately.
+    """
+    training = {
+        "model": "tiny-vit",
+        "steps": 6,
+        "batch_size": 8,
+        "warmup_steps": 2,
+        "lr": 1e-3,
+        "kd": {"crd": 1.0, "icl": 1.0, "fd": 100.0},
+    }
+    one = _run_stage(dr_folder, tmp_path / "one", **training, checkpoint_dir=str(tmp_path / "c1"))
+    two = _run_stage(dr_folder, tmp_path / "two", **training, nproc=2, checkpoint_dir=str(tmp_path / "c2"))
+    assert (one.summary["processes"], two.summary["processes"]) == (1, 2)
+    h1 = pd.read_parquet(tmp_path / "one" / "history.parquet")
+    h2 = pd.read_parquet(tmp_path / "two" / "history.parquet")
+    for column in ("loss", "loss_clip", "loss_distill", "loss_crd", "loss_icl", "loss_fd", "grad_norm"):
+        np.testing.assert_allclose(h2[column], h1[column], rtol=1e-4, atol=1e-5, err_msg=column)
+    assert h1["loss"].iloc[-1] != pytest.approx(h1["loss"].iloc[0], rel=1e-3)  # the weights moved
+    a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+    for part in ("model", "kd_loss"):
+        for key in a[part]:
+            assert torch.allclose(a[part][key], b[part][key], atol=1e-5), (part, key)
+    assert not (tmp_path / "two" / "distributed_result.pt").exists()

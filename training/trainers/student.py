@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from clipforge.config import StudentModelConfig
@@ -32,6 +34,7 @@ from training.losses.mobileclip import mobileclip_loss
 from training.models.students import StudentClip
 from training.optim import adamw, clamp_logit_scale_, cosine_lr, scale_multiplier, set_lr
 from training.trainers.checkpointing import CheckpointStore
+from training.trainers.distributed import gather_with_local_grad, match_single_process_gradients, rank_share, world
 
 # Keys a batch must carry (the reinforced data loader's item layout); *_syn only when
 # synthetic captions are used.
@@ -42,7 +45,7 @@ SYN_KEYS = ("tokens_syn", "t_txt_syn")
 @dataclass
 class StudentTrainResult:
     history: pd.DataFrame  # one row per step: step, epoch, loss, loss_clip, loss_distill, lr, ...
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | None  # None once the result left its process
     steps: int
     epoch: int  # epoch of the last step (0-based)
     batch_in_epoch: int  # batches of that epoch consumed, for resuming the data stream
@@ -60,15 +63,17 @@ class StudentTrainResult:
 def _epoch_loader(
     dataset: Dataset, batch_size: int, seed: int, epoch: int, collate: Callable, num_workers: int, skip_batches: int = 0
 ) -> DataLoader:
-    """One epoch's batches, the first ``skip_batches`` left out (a resumed run's position)."""
+    """One epoch's batches, the first ``skip_batches`` left out (a resumed run's position); in a
+    data-parallel run, this rank's share of each global batch of ``batch_size``."""
     # The order depends only on (seed, epoch): resuming at an epoch replays the same order.
     # (The same permutation RandomSampler draws from this generator.)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(len(dataset), generator=generator)[skip_batches * batch_size :].tolist()
+    rank, size = world()
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=order,
+        batch_size=batch_size // size,
+        sampler=rank_share(order, batch_size, rank, size),
         drop_last=True,  # a contrastive batch must be full: every step sees B x B logits
         collate_fn=collate,
         num_workers=num_workers,
@@ -151,6 +156,15 @@ def train_student(
 
     model.to(device).train()
     kd = ClipKDLoss(cfg.kd.weights(), model.info.embed_dim, teacher_dims, teacher_scales).to(device)
+    rank, world_size = world()
+    encoders: nn.Module = _Encoders(model, cfg.kd.mfd_mask_ratio if kd.needs_masked_view else None)
+    if world_size > 1:
+        # DDP broadcasts rank 0's weights and averages the towers' gradients; the KD module
+        # stays outside it (its gradient is whole on every rank) and starts from rank 0's draw.
+        encoders = DistributedDataParallel(encoders)
+        for tensor in kd.state_dict().values():
+            torch.distributed.broadcast(tensor, 0)
+    loss_factor = match_single_process_gradients([model.logit_scale, *kd.parameters()])
     # The KD module's projections and scales train with the student, in one optimiser.
     trained = torch.nn.ModuleList([model, kd]) if kd.active else model
     optimizer = adamw(trained, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
@@ -218,16 +232,17 @@ def train_student(
             # One text pass over real and synthetic captions together: [2B, L].
             tokens = torch.cat([tokens, batch["tokens_syn"]])
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            s_img = model.encode_image(pixels)  # [B, D]
-            s_txt = model.encode_text(tokens.to(device))  # [B or 2B, D]
-            # MFD: the same stored view with patches hidden, a second image pass.
-            s_img_masked = model.encode_image_masked(pixels, cfg.kd.mfd_mask_ratio) if kd.needs_masked_view else None
-        scale = scale_multiplier(model.logit_scale)
+            s_img, s_txt, s_img_masked, scale = encoders(pixels, tokens.to(device))
         if cfg.use_synthetic_captions:
             s_real, s_syn = s_txt.split(pixels.shape[0])
             t_syn = batch["t_txt_syn"].to(device)
         else:
             s_real, s_syn, t_syn = s_txt, None, None
+        # Data parallel: every rank's loss is the global batch's, [B, D] each from [B / world, D].
+        s_img, s_real, t_img, t_real = (gather_with_local_grad(x) for x in (s_img, s_real, t_img, t_real))
+        s_syn, t_syn, s_img_masked = (
+            None if x is None else gather_with_local_grad(x) for x in (s_syn, t_syn, s_img_masked)
+        )
         out = mobileclip_loss(
             s_img, s_real, s_syn, scale, t_img, t_real, t_syn, teacher_dims, teacher_scales, cfg.distill_lambda
         )
@@ -243,7 +258,7 @@ def train_student(
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * loss_factor).backward()
         # max_norm=inf measures the norm without clipping when clipping is off.
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
         optimizer.step()
@@ -263,15 +278,14 @@ def train_student(
         }
         rows.append(row)
         if (step + 1) % max(cfg.log_every, 1) == 0 or step + 1 == cfg.steps:
-            logged = ("loss", "loss_clip", "loss_distill", "lr", "logit_scale", *kd_parts)
-            tracker.log_metrics({k: row[k] for k in logged}, step + 1)
-        if checkpoints is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
+            tracker.log_metrics(logged_metrics(row), step + 1)
+        if checkpoints is not None and rank == 0 and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0:
             checkpoints.save(state(step + 1), step + 1)
         if after_step is not None:
             hook_seconds += after_step(step + 1)
     train_seconds = time.perf_counter() - started - hook_seconds
     final_state = state(cfg.steps)
-    if checkpoints is not None and checkpoints.steps()[-1:] != [cfg.steps]:
+    if checkpoints is not None and rank == 0 and checkpoints.steps()[-1:] != [cfg.steps]:
         checkpoints.save(final_state, cfg.steps)
 
     history = pd.DataFrame(rows)
@@ -291,6 +305,32 @@ def train_student(
         final_state=final_state,
         resumed_from_step=start_step,
     )
+
+
+def logged_metrics(row: dict[str, float]) -> dict[str, float]:
+    """What MLflow gets of a history row: the losses (CLIP-KD's terms too), lr, logit scale."""
+    return {k: v for k, v in row.items() if k.startswith("loss") or k in ("lr", "logit_scale")}
+
+
+class _Encoders(nn.Module):
+    """The student's forward pass for one step, as one module call (what DDP wraps).
+
+    (pixels [b, 3, S, S], tokens [b or 2b, L]) -> (image [b, D], text [b or 2b, D], image of
+    the masked view [b, D] or None, the capped logit scale).
+    """
+
+    def __init__(self, student: StudentClip, mask_ratio: float | None) -> None:
+        super().__init__()
+        self.student = student
+        self.mask_ratio = mask_ratio  # MFD's: a second image pass over a masked view
+
+    def forward(
+        self, pixels: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        s_img = self.student.encode_image(pixels)
+        s_txt = self.student.encode_text(tokens)
+        masked = None if self.mask_ratio is None else self.student.encode_image_masked(pixels, self.mask_ratio)
+        return s_img, s_txt, masked, scale_multiplier(self.student.logit_scale)
 
 
 def training_state(
