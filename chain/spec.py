@@ -93,9 +93,10 @@ CHAIN: tuple[StageSpec, ...] = (
     StageSpec(
         name="student_model",
         module="training.student_model",
-        inputs=("reinforced_dataset",),
+        # teacher_models: read only with student_model.teacher_embeddings = online.
+        inputs=("reinforced_dataset", "teacher_models"),
         sections=("student_model",),
-        description="Train the student with the MobileCLIP reinforced loss from stored teacher embeddings.",
+        description="Train the student: MobileCLIP's loss and CLIP-KD's, teachers stored or online.",
     ),
     StageSpec(
         name="reparameterized_model",

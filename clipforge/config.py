@@ -234,6 +234,9 @@ class StudentModelConfig(_Section):
     # MobileCLIP loss weight: L = (1 - lambda) L_CLIP + lambda L_distill.
     distill_lambda: Fraction
     use_synthetic_captions: bool
+    # Where every loss takes the teachers' embeddings from: the reinforced shards (MobileCLIP's
+    # way: no teacher runs) or the teachers run on the same view during training (CLIP-KD's).
+    teacher_embeddings: Literal["stored", "online"]
     kd: ClipKDConfig
     seed: Seed
     num_workers: NonNegative

@@ -162,4 +162,8 @@ def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             logit_scale=100.0,
         )
     save_ensemble_index(folder, ["teacher0", "teacher1"])
+    # Every published stage folder has one (an online-teacher run's resume key hashes it).
+    import pandas as pd
+
+    pd.DataFrame({"teacher": ["teacher0", "teacher1"]}).to_parquet(folder / "manifest.parquet", index=False)
     return folder

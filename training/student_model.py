@@ -21,9 +21,11 @@ from clipforge.progress import Progress, no_progress
 from clipforge.stage_api import MANIFEST_FILE, StageContext, StageOutcome, Tracker
 from training.data.reinforced import ReinforcedDataset, collate
 from training.models.checkpoints import initial_student
+from training.models.open_clip_models import load_teachers
 from training.models.students import STAGE_MODEL_DIR, StudentClip, save_student
 from training.trainers.checkpointing import CheckpointStore
 from training.trainers.distributed import init_process_group, launch
+from training.trainers.online_teachers import OnlineTeachers
 from training.trainers.plots import HISTORY_FILE, LOSS_CURVE, save_loss_curve
 from training.trainers.student import StudentTrainResult, logged_metrics, seed_everything, train_student
 
@@ -73,8 +75,9 @@ def save_outputs(model: StudentClip, result: StudentTrainResult, cfg: StudentMod
 _NOT_TRAINING = ("log_every", "num_workers", "checkpoint_every", "keep_checkpoints", "checkpoint_dir", "nproc")
 
 
-def run_fingerprint(cfg: StudentModelConfig, reinforced_dataset: Path) -> str:
-    """What a run trains, hashed: the training keys, the input data's manifest, the init weights.
+def run_fingerprint(cfg: StudentModelConfig, reinforced_dataset: Path, teacher_models: Path | None = None) -> str:
+    """What a run trains, hashed: the training keys, the input data's manifest, the init weights
+    and, with online teachers, the teachers' manifest.
 
     Resumable checkpoints are kept under this name, so only the same training resumes them.
     """
@@ -82,11 +85,18 @@ def run_fingerprint(cfg: StudentModelConfig, reinforced_dataset: Path) -> str:
         "student_model": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _NOT_TRAINING},
         "reinforced_dataset": path_sha256(reinforced_dataset / MANIFEST_FILE),
         "init_checkpoint": None if cfg.init_checkpoint is None else path_sha256(Path(cfg.init_checkpoint)),
+        "teacher_models": (
+            path_sha256(teacher_models / MANIFEST_FILE)
+            if cfg.teacher_embeddings == "online" and teacher_models is not None
+            else None
+        ),
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _prepare(cfg: StudentModelConfig, folder: Path) -> tuple[StudentClip, ReinforcedDataset]:
+def _prepare(
+    cfg: StudentModelConfig, folder: Path, online: OnlineTeachers | None = None
+) -> tuple[StudentClip, ReinforcedDataset]:
     """The seeded initial student and its reinforced data (the same in every process)."""
     seed_everything(cfg.seed)
     model = initial_student(cfg)
@@ -94,35 +104,43 @@ def _prepare(cfg: StudentModelConfig, folder: Path) -> tuple[StudentClip, Reinfo
         raise ValueError(
             f"student_model.image_size={cfg.image_size} but variant {cfg.model!r} takes {model.info.image_size} px"
         )
-    return model, ReinforcedDataset.from_stage_dir(folder, model.tokenizer(), cfg.image_size, cfg.seed)
+    teacher_inputs = online.loader_inputs() if online is not None else ()
+    return model, ReinforcedDataset.from_stage_dir(folder, model.tokenizer(), cfg.image_size, cfg.seed, teacher_inputs)
 
 
 def _train(
     cfg: StudentModelConfig,
     folder: Path,
+    teachers_folder: Path | None,
     checkpoints: CheckpointStore,
     device: torch.device,
     tracker: Tracker | None = None,
     progress: Progress = no_progress,
 ) -> tuple[StudentClip, ReinforcedDataset, StudentTrainResult]:
-    model, dataset = _prepare(cfg, folder)
+    online = None
+    if cfg.teacher_embeddings == "online":
+        if teachers_folder is None:
+            raise ValueError("student_model.teacher_embeddings=online needs the teacher_models input")
+        online = OnlineTeachers(load_teachers(teachers_folder, device=str(device)), device)
+    model, dataset = _prepare(cfg, folder, online)
     meta = dataset.meta
     result = train_student(
         model,
         dataset,
         cfg,
-        list(meta.teacher_dims),
-        list(meta.logit_scales),
+        online.dims if online is not None else list(meta.teacher_dims),
+        online.scales if online is not None else list(meta.logit_scales),
         collate=collate,
         tracker=tracker,
         progress=progress,
         device=device,
         checkpoints=checkpoints,
+        online_teachers=online,
     )
     return model, dataset, result
 
 
-def train_process(cfg_json: str, folder: str, checkpoint_folder: str, result_file: str) -> None:
+def train_process(cfg_json: str, folder: str, teachers_folder: str, checkpoint_folder: str, result_file: str) -> None:
     """One process of a data-parallel run (``student_model.nproc > 1``, started by the launcher).
 
     Rank 0 leaves the result in ``result_file`` for the stage, which publishes it.
@@ -131,7 +149,7 @@ def train_process(cfg_json: str, folder: str, checkpoint_folder: str, result_fil
     try:
         cfg = StudentModelConfig.model_validate_json(cfg_json)
         store = CheckpointStore(Path(checkpoint_folder), cfg.keep_checkpoints)
-        _, _, result = _train(cfg, Path(folder), store, device)
+        _, _, result = _train(cfg, Path(folder), Path(teachers_folder) if teachers_folder else None, store, device)
         if torch.distributed.get_rank() == 0:
             # The weights travel in final_state; the live optimiser and KD module stay here.
             result.optimizer, result.kd_loss = None, None
@@ -143,15 +161,21 @@ def train_process(cfg_json: str, folder: str, checkpoint_folder: str, result_fil
 def run(ctx: StageContext) -> StageOutcome:
     cfg = ctx.params.student_model
     folder = ctx.inputs["reinforced_dataset"]
+    teachers_folder = ctx.inputs.get("teacher_models")
     checkpoints = CheckpointStore(
-        Path(cfg.checkpoint_dir) / ctx.name / run_fingerprint(cfg, folder), cfg.keep_checkpoints
+        Path(cfg.checkpoint_dir) / ctx.name / run_fingerprint(cfg, folder, teachers_folder), cfg.keep_checkpoints
     )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.nproc > 1:
         result_file = ctx.out_dir / "distributed_result.pt"
-        launch(
-            cfg.nproc, train_process, [cfg.model_dump_json(), str(folder), str(checkpoints.folder), str(result_file)]
-        )
+        args = [
+            cfg.model_dump_json(),
+            str(folder),
+            str(teachers_folder or ""),
+            str(checkpoints.folder),
+            str(result_file),
+        ]
+        launch(cfg.nproc, train_process, args)
         model, dataset = _prepare(cfg, folder)
         # Our own file, written by rank 0 a moment ago: a pickled StudentTrainResult.
         result = torch.load(result_file, weights_only=False)
@@ -161,7 +185,7 @@ def run(ctx: StageContext) -> StageOutcome:
             if row["step"] % cfg.log_every == 0 or row["step"] == cfg.steps:
                 ctx.tracker.log_metrics(logged_metrics(row), int(row["step"]))
     else:
-        model, dataset, result = _train(cfg, folder, checkpoints, device, ctx.tracker, ctx.progress)
+        model, dataset, result = _train(cfg, folder, teachers_folder, checkpoints, device, ctx.tracker, ctx.progress)
     meta = dataset.meta
     teacher_dims, teacher_scales = list(meta.teacher_dims), list(meta.logit_scales)
     save_outputs(model, result, cfg, ctx.out_dir)
@@ -189,6 +213,8 @@ def run(ctx: StageContext) -> StageOutcome:
         "teacher_dims": teacher_dims,
         "teacher_scales": teacher_scales,
         "distill_lambda": cfg.distill_lambda,
+        "teacher_embeddings": cfg.teacher_embeddings,
+        "kd": {term: weight for term, weight in cfg.kd.weights().items() if weight > 0},
         "use_synthetic_captions": cfg.use_synthetic_captions,
         "device": device.type,
         "processes": cfg.nproc,

@@ -20,8 +20,12 @@ from clipforge.files import path_sha256
 from clipforge.stage_api import NullTracker, StageContext, StageOutcome
 from tests.conftest import default_params, section, stage_gate, with_changes
 from tests.training.student_helpers import DIMS, SCALES, caption, one_thread  # noqa: F401 (one_thread: autouse)
+from training.data.augment import replay_aug
+from training.data.reinforced import ReinforcedDataset, collate
+from training.models.open_clip_models import load_teachers
 from training.models.students import build_student, save_student
 from training.student_model import run, run_fingerprint
+from training.trainers.online_teachers import OnlineTeachers
 
 
 def test_stage_run_writes_every_artifact(dr_folder: Path, tmp_path: Path) -> None:
@@ -119,7 +123,11 @@ import torch
 torch.set_num_threads(1)
 from clipforge.stage_api import StageContext
 from tests.conftest import default_params, section
+from training.data.augment import replay_aug
+from training.data.reinforced import ReinforcedDataset, collate
+from training.models.open_clip_models import load_teachers
 from training.student_model import run, run_fingerprint
+from training.trainers.online_teachers import OnlineTeachers
 params = default_params().model_copy(update={"student_model": section("student_model", **json.loads(sys.argv[1]))})
 out = Path(sys.argv[3])
 out.mkdir()
@@ -228,3 +236,75 @@ def test_two_processes_match_one_with_the_whole_batch(dr_folder: Path, tmp_path:
         for key in a[part]:
             assert torch.allclose(a[part][key], b[part][key], atol=1e-5), (part, key)
     assert not (tmp_path / "two" / "distributed_result.pt").exists()
+
+
+def test_online_teachers_embed_the_view_and_captions_the_student_sees(
+    dr_folder: Path, teacher_dir: Path, tmp_path: Path
+) -> None:
+    teachers = load_teachers(teacher_dir)
+    online = OnlineTeachers(teachers, torch.device("cpu"))
+    student_tok = build_student("tiny-vit").tokenizer()
+    # A teacher at another resolution than the student gets the same view replayed at its size.
+    resized = ReinforcedDataset.from_stage_dir(
+        dr_folder, student_tok, 64, seed=0, teacher_inputs=[(teachers[0].tokenize, 64), (teachers[1].tokenize, 32)]
+    )
+    item = resized[2]
+    a, _ = resized.choice(2)
+    assert "t_pixels/0" not in item
+    assert torch.equal(item["t_pixels/1"], replay_aug(resized._images[2], resized._params[2][a], 32))
+
+    dataset = ReinforcedDataset.from_stage_dir(
+        dr_folder, student_tok, 64, seed=0, teacher_inputs=online.loader_inputs()
+    )
+    batch = collate([dataset[i] for i in range(4)])
+    t_img, t_real, t_syn = online.embed(batch, batch["pixels"], with_synthetic=True)
+    assert t_img.shape == t_real.shape == t_syn.shape == (4, sum(online.dims))
+    d0 = online.dims[0]
+    with torch.no_grad():
+        # Independently: each teacher's own encoders on the replayed view and the raw captions.
+        for k, part in enumerate((slice(0, d0), slice(d0, None))):
+            assert torch.allclose(t_img[:, part], teachers[k].encode_image(batch["pixels"]), atol=1e-5)
+            real_captions = [caption(int(uid, 16)) for uid in dataset.uids[:4]]
+            assert torch.allclose(t_real[:, part], teachers[k].encode_text(real_captions), atol=1e-5)
+    assert batch["t_img"].shape[1] == sum(DIMS) != t_img.shape[1]  # the stored ones are another ensemble's
+
+    # Through the stage: CLIP-KD's recipe with the teachers run online trains and is reported.
+    params = default_params().model_copy(
+        update={
+            "student_model": section(
+                "student_model",
+                model="tiny-vit",
+                steps=3,
+                batch_size=4,
+                warmup_steps=1,
+                distill_lambda=0.0,
+                teacher_embeddings="online",
+                kd={"crd": 1.0, "icl": 1.0, "fd": 2000.0},
+                checkpoint_dir=str(tmp_path / "ckpt"),
+            )
+        }
+    )
+    out = tmp_path / "student_model"
+    out.mkdir()
+    inputs_ = {"reinforced_dataset": dr_folder, "teacher_models": teacher_dir}
+    outcome = run(StageContext(name="student_model", params=params, inputs=inputs_, out_dir=out, show_progress=False))
+    assert outcome.summary["teacher_embeddings"] == "online"
+    assert outcome.summary["kd"] == {"crd": 1.0, "icl": 1.0, "fd": 2000.0}
+    history = pd.read_parquet(out / "history.parquet")
+    assert np.isfinite(history[["loss", "loss_crd", "loss_icl", "loss_fd"]].to_numpy()).all()
+    # The stored embeddings of dr_folder are random, the teachers' are not: the losses differ.
+    stored = _run_stage(
+        dr_folder,
+        tmp_path / "stored",
+        model="tiny-vit",
+        steps=3,
+        batch_size=4,
+        warmup_steps=1,
+        distill_lambda=0.0,
+        kd={"crd": 1.0, "icl": 1.0, "fd": 2000.0},
+        checkpoint_dir=str(tmp_path / "ckpt2"),
+    )
+    assert stored.summary["teacher_embeddings"] == "stored"
+    stored_history = pd.read_parquet(tmp_path / "stored" / "history.parquet")
+    assert stored_history["loss_crd"].iloc[0] != pytest.approx(history["loss_crd"].iloc[0], rel=1e-3)
+    assert stored_history["loss_clip"].iloc[0] == pytest.approx(history["loss_clip"].iloc[0], rel=1e-5)

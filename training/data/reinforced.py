@@ -48,6 +48,12 @@ def _tokenize_all(tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
     return torch.cat(parts).long()
 
 
+# Item keys for teachers run online (suffixed with the teacher's index k).
+TEACHER_TOKENS_REAL = "t_tokens_real/"
+TEACHER_TOKENS_SYN = "t_tokens_syn/"
+TEACHER_PIXELS = "t_pixels/"
+
+
 class ReinforcedDataset(Dataset):
     """Map-style dataset over DataCompDR shards that carry ``jpg`` and ``txt``.
 
@@ -69,6 +75,7 @@ class ReinforcedDataset(Dataset):
         seed: int = 0,
         *,
         meta: DRMeta | None = None,
+        teacher_inputs: Sequence[tuple[Tokenizer, int]] = (),
     ) -> None:
         if not shard_paths:
             raise ValueError("ReinforcedDataset needs at least one shard")
@@ -135,6 +142,11 @@ class ReinforcedDataset(Dataset):
         flat = [c for captions in syn_texts for c in captions]
         self._tokens_syn = _tokenize_all(tokenizer, flat)
         self._syn_offsets = np.cumsum([0] + [len(c) for c in syn_texts])
+        # Teachers run online: per teacher k, its own tokens of the same captions and, where its
+        # resolution differs from the student's, the same stored view replayed at its size.
+        self.teacher_inputs = [
+            (int(size), _tokenize_all(tok, real_texts), _tokenize_all(tok, flat)) for tok, size in teacher_inputs
+        ]
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -156,10 +168,18 @@ class ReinforcedDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} outside [0, {len(self)})")
         a, s = self.choice(index)
+        syn_row = int(self._syn_offsets[index]) + s
+        online: dict[str, torch.Tensor] = {}
+        for k, (size, tokens_real, tokens_syn) in enumerate(self.teacher_inputs):
+            online[f"{TEACHER_TOKENS_REAL}{k}"] = tokens_real[index]
+            online[f"{TEACHER_TOKENS_SYN}{k}"] = tokens_syn[syn_row]
+            if size != self.image_size:
+                online[f"{TEACHER_PIXELS}{k}"] = replay_aug(self._images[index], self._params[index][a], size)
         return {
+            **online,
             "pixels": replay_aug(self._images[index], self._params[index][a], self.image_size),
             "tokens_real": self._tokens_real[index],
-            "tokens_syn": self._tokens_syn[int(self._syn_offsets[index]) + s],
+            "tokens_syn": self._tokens_syn[syn_row],
             "t_img": torch.from_numpy(self._image_emb[index][a].copy()),
             "t_txt_real": torch.from_numpy(self._real_emb[index].copy()),
             "t_txt_syn": torch.from_numpy(self._syn_emb[index][s].copy()),
@@ -167,13 +187,21 @@ class ReinforcedDataset(Dataset):
         }
 
     @classmethod
-    def from_stage_dir(cls, folder: Path, tokenizer: Tokenizer, image_size: int, seed: int = 0) -> ReinforcedDataset:
+    def from_stage_dir(
+        cls,
+        folder: Path,
+        tokenizer: Tokenizer,
+        image_size: int,
+        seed: int = 0,
+        teacher_inputs: Sequence[tuple[Tokenizer, int]] = (),
+    ) -> ReinforcedDataset:
         """All shards of a published ``reinforced_dataset`` folder, with its ``dr_meta.json``."""
         folder = Path(folder)
         shards = sorted((folder / DR_SHARDS_DIR).glob("*.tar"))
         if not shards:
             raise FileNotFoundError(f"no shards under {folder / DR_SHARDS_DIR}")
-        return cls(shards, tokenizer, image_size, seed, meta=DRMeta.read(folder / DR_META_FILE))
+        meta = DRMeta.read(folder / DR_META_FILE)
+        return cls(shards, tokenizer, image_size, seed, meta=meta, teacher_inputs=teacher_inputs)
 
 
 def collate(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ from training.models.students import StudentClip
 from training.optim import adamw, clamp_logit_scale_, cosine_lr, scale_multiplier, set_lr
 from training.trainers.checkpointing import CheckpointStore
 from training.trainers.distributed import gather_with_local_grad, match_single_process_gradients, rank_share, world
+from training.trainers.online_teachers import OnlineTeachers
 
 # Keys a batch must carry (the reinforced data loader's item layout); *_syn only when
 # synthetic captions are used.
@@ -129,8 +130,12 @@ def train_student(
     device: torch.device | None = None,
     after_step: Callable[[int], float] | None = None,
     checkpoints: CheckpointStore | None = None,
+    online_teachers: OnlineTeachers | None = None,
 ) -> StudentTrainResult:
     """Run ``cfg.steps`` optimisation steps of the MobileCLIP loss; the model trains in place.
+
+    With ``online_teachers``, the teachers embed each batch's view and captions during training
+    in place of the stored embeddings (``teacher_dims`` / ``teacher_scales`` must be theirs).
 
     ``after_step(step)`` (1-based) runs after every optimiser step, e.g. to evaluate; it
     returns the seconds it spent, which ``train_seconds`` leaves out.
@@ -238,6 +243,8 @@ def train_student(
             t_syn = batch["t_txt_syn"].to(device)
         else:
             s_real, s_syn, t_syn = s_txt, None, None
+        if online_teachers is not None:
+            t_img, t_real, t_syn = online_teachers.embed(batch, pixels, cfg.use_synthetic_captions)
         # Data parallel: every rank's loss is the global batch's, [B, D] each from [B / world, D].
         s_img, s_real, t_img, t_real = (gather_with_local_grad(x) for x in (s_img, s_real, t_img, t_real))
         s_syn, t_syn, s_img_masked = (
