@@ -88,7 +88,7 @@ EXPERIMENT_INPUTS = ("reinforced_dataset", "embedded_corpus")
 def _experiment(params: Params, args: argparse.Namespace) -> int:
     """Run params.experiment's arms; first the stages it reads, where the lake lacks them."""
     from clipforge.lake import open_lake
-    from training.experiments.outputs import REPORT_FILE, RESULT_FILE
+    from training.experiments.outputs import REPORT_FILE, RESULT_FILE, VALIDATION_ROOT
     from training.experiments.run import run_experiment
 
     lake = open_lake(params.lake)
@@ -103,16 +103,15 @@ def _experiment(params: Params, args: argparse.Namespace) -> int:
         print(f"[experiment] not run: {err}", file=sys.stderr)
         return EXIT_GATE_FAILED
     progress = no_progress if args.no_progress else bar_progress("experiment", True)
-    result = run_experiment(
-        params, inputs["reinforced_dataset"], inputs["embedded_corpus"], Path.cwd(), progress=progress
-    )
+    root = Path.cwd() if params.experiment.split == "test" else Path.cwd() / VALIDATION_ROOT
+    result = run_experiment(params, inputs["reinforced_dataset"], inputs["embedded_corpus"], root, progress=progress)
     for arm, figures in result["arms"].items():
         zs, ret = figures["zeroshot_top1_mean"], figures["retrieval_mean_r1"]
         print(
             f"{arm:24s} zero-shot {zs['mean']:.3f} ± {zs['std']:.3f}  retrieval {ret['mean']:.3f} ± {ret['std']:.3f}"
             f"  {figures['seconds_per_step']:.3f} s/step"
         )
-    print(f"wrote {RESULT_FILE} and {REPORT_FILE} in {result['wall_seconds'] / 60:.1f} min")
+    print(f"wrote {root / RESULT_FILE} and {root / REPORT_FILE} in {result['wall_seconds'] / 60:.1f} min")
     return 0
 
 

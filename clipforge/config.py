@@ -310,6 +310,9 @@ class ExperimentConfig(_Section):
     steps: Count
     # Benchmark evaluation every this many steps (and at the last step).
     eval_every: Count
+    # test: the held-out benchmark, reported in docs/ (never for choices); validation: the
+    # tuning split (other seeds), written under reports/ (training/experiments/outputs.py).
+    split: Literal["test", "validation"]
     arms: Annotated[list[ExperimentArm], Field(min_length=1)]
 
     @field_validator("arms")

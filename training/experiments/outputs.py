@@ -7,3 +7,5 @@ EVALS_FILE = "docs/experiment_evals.csv"
 REPORT_FILE = "docs/experiment.md"
 PLOT_FILE = "docs/experiment.png"
 COMMAND = "clipforge experiment"
+# With experiment.split = validation (tuning), the same files under this folder instead.
+VALIDATION_ROOT = "reports/experiment-validation"

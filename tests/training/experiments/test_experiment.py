@@ -63,6 +63,29 @@ def test_an_arm_is_config_alone(dr_folder: Path, corpus: Path, tmp_path: Path) -
     assert (tmp_path / PLOT_FILE).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_validation_split_is_scored_instead_of_the_benchmark(dr_folder: Path, corpus: Path, tmp_path: Path) -> None:
+    # Tuning reads validation/ (other seeds); a corpus whose benchmark/ is missing proves it.
+    tuning = tmp_path / "corpus"
+    write_clip_benchmark_classification(tuning / "validation" / "colour")
+    write_clip_benchmark_retrieval(tuning / "validation" / "caps")
+    params = params_with(
+        student_model={"batch_size": 6, "warmup_steps": 1},
+        experiment={"seeds": [0], "steps": 2, "eval_every": 2, "split": "validation", "arms": ARMS[:1]},
+    )
+    result = run_experiment(params, dr_folder, tuning, tmp_path / "out", track=False)
+    assert result["split"] == "validation"
+    assert "VALIDATION split" in (tmp_path / "out" / REPORT_FILE).read_text()
+    assert set(pd.read_csv(tmp_path / "out" / EVALS_FILE).columns) >= {"colour", "zeroshot_top1_mean"}
+    with pytest.raises(FileNotFoundError):
+        run_experiment(
+            params.model_copy(update={"experiment": params.experiment.model_copy(update={"split": "test"})}),
+            dr_folder,
+            tuning,
+            tmp_path / "out2",
+            track=False,
+        )
+
+
 def test_a_bad_arm_fails_when_the_params_load(tmp_path: Path) -> None:
     params = (REPO / "params.yaml").read_text()
     path = tmp_path / "params.yaml"
