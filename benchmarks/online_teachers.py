@@ -13,7 +13,6 @@ table: s/step stored, s/step online, and their ratio, all measured in this run.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from collections.abc import Callable
 
@@ -24,6 +23,7 @@ from torch.utils.data import Dataset
 from clipforge.config import StudentModelConfig
 from clipforge.params_file import load_params
 from training.data.reinforced import TEACHER_PIXELS, TEACHER_TOKENS_REAL, TEACHER_TOKENS_SYN
+from training.eval.timing import machine_facts
 from training.models.open_clip_models import LoadedClip, fresh_model, model_config
 from training.models.students import build_student
 from training.trainers.online_teachers import OnlineTeachers
@@ -126,8 +126,9 @@ def main() -> None:
     base = load_params().student_model
     cfg = base.model_copy(update={"steps": args.steps + args.warmup, "warmup_steps": 1, "log_every": 10**6})
     student = build_student(cfg.model)
+    machine = machine_facts()
     print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads; "
+        f"machine: {machine['cpu']}, {machine['usable_cores']} usable cores, {torch.get_num_threads()} threads; "
         f"student {cfg.model} at {cfg.image_size} px, batch {cfg.batch_size}; median of {args.steps} steps"
     )
     print("| teachers | s/step stored | s/step online | online / stored |")
