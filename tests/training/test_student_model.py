@@ -198,7 +198,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(dr_folder: Path, tmp_
     pd.testing.assert_frame_equal(
         history_a.drop(columns=["grad_norm"]), history_b.drop(columns=["grad_norm"]), atol=1e-6
     )
-    assert not any((tmp_path / "ckpt_b").rglob("*.pt"))  # published: the run's checkpoints are gone
+    assert not (tmp_path / "ckpt_b").exists()  # published: the run's checkpoints are gone
 
 
 def test_a_changed_training_does_not_resume_another_runs_checkpoint(dr_folder: Path, tmp_path: Path) -> None:

@@ -54,5 +54,11 @@ class CheckpointStore:
         return torch.load(self.folder / _NAME.format(steps[-1]), map_location="cpu", weights_only=True)
 
     def clear(self) -> None:
-        """Drop the run's checkpoints (its result is published; a rerun starts afresh)."""
+        """Drop the run's checkpoints (its result is published; a rerun starts afresh), and the
+        stage's and the checkpoint root's folders when nothing else is left in them."""
         shutil.rmtree(self.folder, ignore_errors=True)
+        for parent in (self.folder.parent, self.folder.parent.parent):
+            try:
+                parent.rmdir()
+            except OSError:  # not empty (another run's checkpoints), or already gone
+                break
