@@ -24,7 +24,7 @@ from clipforge.config import StudentModelConfig
 from clipforge.params_file import load_params
 from training.data.reinforced import TEACHER_PIXELS, TEACHER_TOKENS_REAL, TEACHER_TOKENS_SYN
 from training.eval.timing import machine_facts
-from training.models.open_clip_models import LoadedClip, fresh_model, model_config
+from training.models.open_clip_models import LoadedClip, as_loaded_clip, fresh_model
 from training.models.students import build_student
 from training.trainers.online_teachers import OnlineTeachers
 from training.trainers.student import train_student
@@ -36,24 +36,7 @@ ENSEMBLES = {
 
 
 def _teacher(model_name: str) -> LoadedClip:
-    import open_clip
-
-    cfg = model_config(model_name)
-    size = cfg["vision_cfg"].get("image_size", 224)
-    size = size[0] if isinstance(size, (list, tuple)) else int(size)
-    return LoadedClip(
-        name=model_name,
-        model_name=model_name,
-        kind="clip",
-        model=fresh_model(model_name).eval(),
-        tokenizer=open_clip.get_tokenizer(model_name),
-        image_size=size,
-        mean=open_clip.OPENAI_DATASET_MEAN,
-        std=open_clip.OPENAI_DATASET_STD,
-        context_length=cfg["text_cfg"].get("context_length", 77),
-        embed_dim=cfg["embed_dim"],
-        logit_scale=100.0,
-    )
+    return as_loaded_clip(fresh_model(model_name), model_name, name=model_name, kind="clip", logit_scale=100.0)
 
 
 class _Batches(Dataset):

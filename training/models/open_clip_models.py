@@ -154,25 +154,48 @@ def load_model(folder: Path, device: str = "cpu") -> LoadedClip:
         if pretrained and not open_clip.list_pretrained_tags_by_model(model_name) and not Path(pretrained).exists():
             raise FileNotFoundError(f"{folder}: pretrained {pretrained!r} is neither a known tag nor a file")
     model = open_clip.create_model(model_name, pretrained=pretrained, device=device)
+    return as_loaded_clip(
+        model,
+        model_name,
+        name=record["name"],
+        kind=record.get("kind", "clip"),
+        logit_scale=float(record["logit_scale"]),
+        extra=record.get("extra", {}),
+    )
+
+
+def model_image_size(model_name: str) -> int:
+    """The square input side an open_clip config is built for (224 when it does not say)."""
+    size = model_config(model_name)["vision_cfg"].get("image_size", 224)
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
+
+
+def as_loaded_clip(
+    model: torch.nn.Module,
+    model_name: str,
+    *,
+    name: str,
+    kind: str,
+    logit_scale: float,
+    extra: dict[str, Any] | None = None,
+) -> LoadedClip:
+    """An open_clip model built from config ``model_name``, in eval mode, with what feeds it."""
     model.eval()
     cfg = model_config(model_name)
     preprocess = getattr(model.visual, "preprocess_cfg", {}) or {}
-    image_size = cfg["vision_cfg"].get("image_size", 224)
-    if isinstance(image_size, (list, tuple)):
-        image_size = image_size[0]
     return LoadedClip(
-        name=record["name"],
+        name=name,
         model_name=model_name,
-        kind=record.get("kind", "clip"),
+        kind=kind,
         model=model,
         tokenizer=open_clip.get_tokenizer(model_name),
-        image_size=int(image_size),
+        image_size=model_image_size(model_name),
         mean=tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)),
         std=tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD)),
         context_length=int(cfg["text_cfg"].get("context_length", 77)),
         embed_dim=int(cfg["embed_dim"]),
-        logit_scale=float(record["logit_scale"]),
-        extra=record.get("extra", {}),
+        logit_scale=logit_scale,
+        extra=extra or {},
     )
 
 

@@ -17,7 +17,7 @@ from clipforge.config import BootstrapTrainConfig
 from clipforge.progress import Progress, no_progress
 from clipforge.stage_api import Tracker
 from training.data.teacher_corpus import Corpus, random_resized_crop
-from training.models.open_clip_models import model_config
+from training.models.open_clip_models import model_image_size
 from training.optim import adamw, clamp_logit_scale_, cosine_lr, set_lr
 
 
@@ -108,9 +108,8 @@ def train_loop(
 
 
 def check_image_size(model_name: str, cfg: BootstrapTrainConfig) -> None:
-    size = model_config(model_name)["vision_cfg"].get("image_size", 224)
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    if int(size) != cfg.image_size:
+    size = model_image_size(model_name)
+    if size != cfg.image_size:
         raise ValueError(
             f"bootstrap.image_size={cfg.image_size} but open_clip config {model_name!r} is built for "
             f"{size}x{size} images; change one of them so they agree"
