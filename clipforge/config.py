@@ -216,6 +216,14 @@ class ClipKDConfig(_Section):
         return {t: getattr(self, t) for t in KD_TERMS}
 
 
+class StreamConfig(_Section):
+    """``student_model.loader: stream``: the webdataset pipeline (training/data/streaming.py)."""
+
+    shuffle_buffer: NonNegative  # samples held for shuffling (memory is this, not the dataset)
+    shard_shuffle: bool  # a new shard order every epoch
+    resampled: bool  # draw shards with replacement, endlessly, per rank and worker
+
+
 class StudentModelConfig(_Section):
     model: Text
     # Start from these weights instead of a fresh init: a student folder or a checkpoint file in
@@ -239,6 +247,10 @@ class StudentModelConfig(_Section):
     teacher_embeddings: Literal["stored", "online"]
     kd: ClipKDConfig
     seed: Seed
+    # memory: every sample decoded once into memory (the embedded scale); stream: shards read
+    # through a shuffle buffer (memory independent of the dataset's size).
+    loader: Literal["memory", "stream"]
+    stream: StreamConfig
     num_workers: NonNegative
     log_every: Count
     # Resumable checkpoints every N steps (0: none before the end), the newest k kept, in a

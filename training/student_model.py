@@ -20,11 +20,12 @@ from clipforge.gates.rules import SHA256, Suite, finite, positive, regex, single
 from clipforge.progress import Progress, no_progress
 from clipforge.stage_api import MANIFEST_FILE, StageContext, StageOutcome, Tracker
 from training.data.reinforced import ReinforcedDataset, collate
+from training.data.streaming import StreamingReinforced, read_meta, shard_urls
 from training.models.checkpoints import initial_student
 from training.models.open_clip_models import load_teachers
 from training.models.students import STAGE_MODEL_DIR, StudentClip, save_student
 from training.trainers.checkpointing import CheckpointStore
-from training.trainers.distributed import init_process_group, launch
+from training.trainers.distributed import init_process_group, launch, world
 from training.trainers.online_teachers import OnlineTeachers
 from training.trainers.plots import HISTORY_FILE, LOSS_CURVE, save_loss_curve
 from training.trainers.student import StudentTrainResult, logged_metrics, seed_everything, train_student
@@ -96,8 +97,9 @@ def run_fingerprint(cfg: StudentModelConfig, reinforced_dataset: Path, teacher_m
 
 def _prepare(
     cfg: StudentModelConfig, folder: Path, online: OnlineTeachers | None = None
-) -> tuple[StudentClip, ReinforcedDataset]:
-    """The seeded initial student and its reinforced data (the same in every process)."""
+) -> tuple[StudentClip, ReinforcedDataset | StreamingReinforced]:
+    """The seeded initial student and its reinforced data: in memory (the same in every
+    process) or a stream of this process's share of each batch."""
     seed_everything(cfg.seed)
     model = initial_student(cfg)
     if model.info.image_size != cfg.image_size:
@@ -105,6 +107,22 @@ def _prepare(
             f"student_model.image_size={cfg.image_size} but variant {cfg.model!r} takes {model.info.image_size} px"
         )
     teacher_inputs = online.loader_inputs() if online is not None else ()
+    if cfg.loader == "stream":
+        _, world_size = world()
+        stream = StreamingReinforced(
+            shard_urls(folder),
+            read_meta(folder),
+            model.tokenizer(),
+            cfg.image_size,
+            cfg.batch_size // world_size,
+            seed=cfg.seed,
+            shuffle_buffer=cfg.stream.shuffle_buffer,
+            shard_shuffle=cfg.stream.shard_shuffle,
+            resampled=cfg.stream.resampled,
+            num_workers=cfg.num_workers,
+            teacher_tokenizers=teacher_inputs,
+        )
+        return model, stream
     return model, ReinforcedDataset.from_stage_dir(folder, model.tokenizer(), cfg.image_size, cfg.seed, teacher_inputs)
 
 
@@ -193,8 +211,9 @@ def run(ctx: StageContext) -> StageOutcome:
     checkpoints.clear()
     ctx.tracker.log_artifact(ctx.out_dir / STAGE_MODEL_DIR, STAGE_MODEL_DIR)
 
-    # Samples the loader could not use, by reason (counted, never silently dropped).
-    skipped: dict[str, int] = dict(getattr(dataset, "skipped", {}))
+    # Samples the loader could not use, by reason (counted, never silently dropped); a stream
+    # counts those it met while training.
+    skipped: dict[str, int] = dict(getattr(dataset, "skipped", result.stream_skipped))
     metrics = {
         "final_loss": result.final_loss,
         "steps": float(result.steps),
@@ -204,7 +223,9 @@ def run(ctx: StageContext) -> StageOutcome:
     summary = {
         "variant": cfg.model,
         "num_params": sum(p.numel() for p in model.parameters()),
-        "samples": len(dataset),
+        "loader": cfg.loader,
+        # A stream has no length: the samples the run drew instead.
+        "samples": len(dataset) if isinstance(dataset, ReinforcedDataset) else result.steps * result.batch_size,
         "skipped": sum(skipped.values()),
         "skipped_by_reason": skipped,
         "batch_size": result.batch_size,

@@ -22,10 +22,13 @@ from tests.conftest import default_params, section, stage_gate, with_changes
 from tests.training.student_helpers import DIMS, SCALES, caption, one_thread  # noqa: F401 (one_thread: autouse)
 from training.data.augment import replay_aug
 from training.data.reinforced import ReinforcedDataset, collate
+from training.data.streaming import StreamingReinforced, read_meta, shard_urls
 from training.models.open_clip_models import load_teachers
 from training.models.students import build_student, save_student
 from training.student_model import run, run_fingerprint
+from training.trainers.checkpointing import CheckpointStore
 from training.trainers.online_teachers import OnlineTeachers
+from training.trainers.student import seed_everything, train_student
 
 
 def test_stage_run_writes_every_artifact(dr_folder: Path, tmp_path: Path) -> None:
@@ -128,7 +131,10 @@ from tests.conftest import default_params, section
 from training.data.augment import replay_aug
 from training.data.reinforced import ReinforcedDataset, collate
 from training.models.open_clip_models import load_teachers
+from training.data.streaming import StreamingReinforced, read_meta, shard_urls
 from training.student_model import run, run_fingerprint
+from training.trainers.checkpointing import CheckpointStore
+from training.trainers.student import seed_everything, train_student
 from training.trainers.online_teachers import OnlineTeachers
 params = default_params().model_copy(update={"student_model": section("student_model", **json.loads(sys.argv[1]))})
 out = Path(sys.argv[3])
@@ -310,3 +316,54 @@ def test_online_teachers_embed_the_view_and_captions_the_student_sees(
     stored_history = pd.read_parquet(tmp_path / "stored" / "history.parquet")
     assert stored_history["loss_crd"].iloc[0] != pytest.approx(history["loss_crd"].iloc[0], rel=1e-3)
     assert stored_history["loss_clip"].iloc[0] == pytest.approx(history["loss_clip"].iloc[0], rel=1e-5)
+
+
+def test_stage_trains_from_the_stream_and_counts_its_skips(dr_folder: Path, tmp_path: Path) -> None:
+    outcome = _run_stage(dr_folder, tmp_path / "out", loader="stream", steps=6, batch_size=4, warmup_steps=1)
+    assert outcome.summary["loader"] == "stream"
+    assert outcome.summary["samples"] == 24  # drawn: 6 steps of 4 (a stream has no length)
+    # Sample 12 has no image: met once per pass over the shard (two passes in 6 steps of 4).
+    assert set(outcome.summary["skipped_by_reason"]) == {"missing_image"}
+    assert 1 <= outcome.summary["skipped_by_reason"]["missing_image"] <= 2
+    assert math.isfinite(outcome.summary["final_loss"])
+
+
+class _Stop(RuntimeError):
+    pass
+
+
+def test_a_stream_resumes_mid_epoch_to_the_uninterrupted_weights(dr_folder: Path, tmp_path: Path) -> None:
+    """Killed after step 4 (checkpoint at 2 and 4, mid second epoch), resumed to step 7."""
+    cfg = section("student_model", loader="stream", steps=7, batch_size=4, warmup_steps=1, checkpoint_every=2)
+
+    def fresh() -> tuple[Any, StreamingReinforced]:
+        seed_everything(cfg.seed)
+        model = build_student(cfg.model)
+        stream = StreamingReinforced(
+            shard_urls(dr_folder), read_meta(dr_folder), model.tokenizer(), 64, 4, seed=cfg.seed, shuffle_buffer=5
+        )
+        return model, stream
+
+    model, stream = fresh()
+    straight = train_student(model, stream, cfg, DIMS, SCALES, device=torch.device("cpu"))
+
+    def stop_after_4(step: int) -> float:
+        if step == 4:
+            raise _Stop
+        return 0.0
+
+    store = CheckpointStore(tmp_path / "ckpt", 2)
+    model, stream = fresh()
+    with pytest.raises(_Stop):
+        train_student(
+            model, stream, cfg, DIMS, SCALES, device=torch.device("cpu"), checkpoints=store, after_step=stop_after_4
+        )
+    assert store.steps() == [2, 4]
+    model, stream = fresh()
+    resumed = train_student(model, stream, cfg, DIMS, SCALES, device=torch.device("cpu"), checkpoints=store)
+    assert resumed.resumed_from_step == 4
+    for name, tensor in straight.final_state["model"].items():
+        torch.testing.assert_close(resumed.final_state["model"][name], tensor, msg=name)
+    pd.testing.assert_frame_equal(
+        resumed.history.drop(columns=["grad_norm"]), straight.history.drop(columns=["grad_norm"])
+    )

@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from training.data.augment import AugParamsError, replay_aug, validate_params
-from training.data.dr_format import DR_META_FILE, DR_SHARDS_DIR, DRMeta, DRSampleError, decode_sample
+from training.data.dr_format import DR_META_FILE, DR_SHARDS_DIR, DRMeta, DRSample, DRSampleError, decode_sample
 from training.data.tar_shards import iter_tar_samples
 
 Tokenizer = Callable[[list[str]], torch.Tensor]
@@ -52,6 +52,64 @@ def _tokenize_all(tokenizer: Tokenizer, texts: list[str]) -> torch.Tensor:
 TEACHER_TOKENS_REAL = "t_tokens_real/"
 TEACHER_TOKENS_SYN = "t_tokens_syn/"
 TEACHER_PIXELS = "t_pixels/"
+
+
+def usable_sample(key: str, members: dict[str, bytes], emb_dim: int) -> tuple[DRSample, Image.Image]:
+    """One tar sample decoded for training: the DRSample and its RGB image.
+
+    The one rule for what a trainer can use, shared by the in-memory dataset and the stream:
+    raises :class:`DRSampleError` whose ``reason`` names the skip (bad embeddings, no image,
+    no caption, an undecodable image, augmentation records that do not fit the image).
+    """
+    sample = decode_sample(key, members, expected_dim=emb_dim)
+    if sample.jpg is None:
+        raise DRSampleError("missing_image", f"{key}: no image member")
+    if sample.txt is None:
+        raise DRSampleError("missing_caption", f"{key}: no caption member")
+    try:
+        image = Image.open(io.BytesIO(sample.jpg)).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DRSampleError("bad_image", f"{key}: {exc}") from exc
+    try:
+        for record in sample.param_aug:
+            validate_params(record, image.width, image.height)
+    except AugParamsError as exc:
+        raise DRSampleError("bad_param_aug", f"{key}: {exc}") from exc
+    return sample, image
+
+
+def training_item(
+    image: Image.Image,
+    record: Any,
+    image_size: int,
+    *,
+    tokens_real: torch.Tensor,
+    tokens_syn: torch.Tensor,
+    t_img: np.ndarray,
+    t_txt_real: np.ndarray,
+    t_txt_syn: np.ndarray,
+    index: int,
+    online: Sequence[tuple[int, torch.Tensor, torch.Tensor]] = (),
+) -> dict[str, torch.Tensor]:
+    """One trainer item (the layout :class:`ReinforcedDataset` documents) from a chosen stored
+    augmentation ``record`` and synthetic caption; ``online`` holds, per teacher run during
+    training, (its image size, its tokens of the real and of the synthetic caption)."""
+    item: dict[str, torch.Tensor] = {}
+    for k, (size, teacher_real, teacher_syn) in enumerate(online):
+        item[f"{TEACHER_TOKENS_REAL}{k}"] = teacher_real
+        item[f"{TEACHER_TOKENS_SYN}{k}"] = teacher_syn
+        if size != image_size:
+            item[f"{TEACHER_PIXELS}{k}"] = replay_aug(image, record, size)
+    item.update(
+        pixels=replay_aug(image, record, image_size),
+        tokens_real=tokens_real,
+        tokens_syn=tokens_syn,
+        t_img=torch.from_numpy(np.array(t_img, dtype=np.float32)),
+        t_txt_real=torch.from_numpy(np.array(t_txt_real, dtype=np.float32)),
+        t_txt_syn=torch.from_numpy(np.array(t_txt_syn, dtype=np.float32)),
+        index=torch.tensor(index, dtype=torch.long),
+    )
+    return item
 
 
 class ReinforcedDataset(Dataset):
@@ -100,29 +158,12 @@ class ReinforcedDataset(Dataset):
         for shard in self.shard_paths:
             for key, members in iter_tar_samples(shard):
                 try:
-                    sample = decode_sample(key, members, expected_dim=self.meta.emb_dim)
+                    sample, image = usable_sample(key, members, self.meta.emb_dim)
                 except DRSampleError as exc:
                     skipped[exc.reason] += 1
                     continue
-                if sample.jpg is None:
-                    skipped["missing_image"] += 1
-                    continue
-                if sample.txt is None:
-                    skipped["missing_caption"] += 1
-                    continue
                 if sample.uid in seen:
                     skipped["duplicate_uid"] += 1
-                    continue
-                try:
-                    image = Image.open(io.BytesIO(sample.jpg)).convert("RGB")
-                except (OSError, ValueError, Image.DecompressionBombError):
-                    skipped["bad_image"] += 1
-                    continue
-                try:
-                    for record in sample.param_aug:
-                        validate_params(record, image.width, image.height)
-                except AugParamsError:
-                    skipped["bad_param_aug"] += 1
                     continue
                 seen.add(sample.uid)
                 self.uids.append(sample.uid)
@@ -169,22 +210,18 @@ class ReinforcedDataset(Dataset):
             raise IndexError(f"index {index} outside [0, {len(self)})")
         a, s = self.choice(index)
         syn_row = int(self._syn_offsets[index]) + s
-        online: dict[str, torch.Tensor] = {}
-        for k, (size, tokens_real, tokens_syn) in enumerate(self.teacher_inputs):
-            online[f"{TEACHER_TOKENS_REAL}{k}"] = tokens_real[index]
-            online[f"{TEACHER_TOKENS_SYN}{k}"] = tokens_syn[syn_row]
-            if size != self.image_size:
-                online[f"{TEACHER_PIXELS}{k}"] = replay_aug(self._images[index], self._params[index][a], size)
-        return {
-            **online,
-            "pixels": replay_aug(self._images[index], self._params[index][a], self.image_size),
-            "tokens_real": self._tokens_real[index],
-            "tokens_syn": self._tokens_syn[syn_row],
-            "t_img": torch.from_numpy(self._image_emb[index][a].copy()),
-            "t_txt_real": torch.from_numpy(self._real_emb[index].copy()),
-            "t_txt_syn": torch.from_numpy(self._syn_emb[index][s].copy()),
-            "index": torch.tensor(index, dtype=torch.long),
-        }
+        return training_item(
+            self._images[index],
+            self._params[index][a],
+            self.image_size,
+            tokens_real=self._tokens_real[index],
+            tokens_syn=self._tokens_syn[syn_row],
+            t_img=self._image_emb[index][a],
+            t_txt_real=self._real_emb[index],
+            t_txt_syn=self._syn_emb[index][s],
+            index=index,
+            online=[(size, real[index], syn[syn_row]) for size, real, syn in self.teacher_inputs],
+        )
 
     @classmethod
     def from_stage_dir(

@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from clipforge.config import StudentModelConfig
 from clipforge.progress import Progress, no_progress
 from clipforge.stage_api import NullTracker, Tracker
+from training.data.streaming import SKIPPED_KEY, StreamingReinforced
 from training.losses.clip_kd import ClipKDLoss
 from training.losses.mobileclip import mobileclip_loss
 from training.models.students import StudentClip
@@ -59,6 +61,8 @@ class StudentTrainResult:
     # What checkpoint.pt holds (training_state at the last step), and the step it resumed at.
     final_state: dict[str, Any] = field(default_factory=dict)
     resumed_from_step: int = 0
+    # A streaming loader's skipped samples by reason, as this run met them (memory: {}).
+    stream_skipped: dict[str, int] = field(default_factory=dict)
 
 
 def _epoch_loader(
@@ -119,7 +123,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def train_student(
     model: StudentClip,
-    dataset: Dataset,
+    dataset: Dataset | StreamingReinforced,
     cfg: StudentModelConfig,
     teacher_dims: Sequence[int],
     teacher_scales: Sequence[float],
@@ -144,20 +148,26 @@ def train_student(
     parts, step, data position, RNGs, history) and a new one is written every
     ``cfg.checkpoint_every`` steps and at the last; the run then ends as an uninterrupted one.
 
-    ``dataset`` items: ``pixels`` [3, S, S] in [0, 1], ``tokens_real`` / ``tokens_syn`` [L],
+    ``dataset`` is a map-style dataset (batched here, an epoch's order from the seed) or a
+    :class:`StreamingReinforced` (which batches itself). Its items: ``pixels`` [3, S, S] in [0, 1], ``tokens_real`` / ``tokens_syn`` [L],
     ``t_img`` / ``t_txt_real`` / ``t_txt_syn`` [sum D_k]; it may have ``set_epoch(e)`` to pick
     each epoch's stored augmentation and synthetic caption.
     """
     tracker = tracker or NullTracker()
     collate = collate or default_collate
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    n = len(dataset)
-    if n < 2:
-        raise ValueError(f"the reinforced dataset holds {n} usable samples; a contrastive batch needs at least 2")
+    streaming = hasattr(dataset, "epoch_batches")
     if cfg.steps < 1:
         raise ValueError(f"student_model.steps must be >= 1, got {cfg.steps}")
-    # A dataset smaller than the configured batch trains on full-dataset batches (reported).
-    batch_size = min(cfg.batch_size, n)
+    if streaming:
+        # The stream batches itself (this rank's share); it has no length to check.
+        batch_size = cfg.batch_size
+    else:
+        n = len(dataset)
+        if n < 2:
+            raise ValueError(f"the reinforced dataset holds {n} usable samples; a contrastive batch needs at least 2")
+        # A dataset smaller than the configured batch trains on full-dataset batches (reported).
+        batch_size = min(cfg.batch_size, n)
 
     model.to(device).train()
     kd = ClipKDLoss(cfg.kd.weights(), model.info.embed_dim, teacher_dims, teacher_scales).to(device)
@@ -194,14 +204,26 @@ def train_student(
         rows = [dict(row) for row in resumed["history"]]
         restore_rng_state(resumed["rng"])
 
+    stream_skipped: Counter[str] = Counter()  # a streaming loader's unusable samples, by reason
+
     def batches(first_epoch: int, skip: int) -> Iterator[tuple[int, int, dict[str, torch.Tensor]]]:
         epoch = first_epoch
         while True:
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
-            loader = _epoch_loader(dataset, batch_size, cfg.seed, epoch, collate, cfg.num_workers, skip)
-            for index, batch in enumerate(loader):
-                yield epoch, skip + index + 1, batch
+            if streaming:
+                loader: Iterable[dict[str, Any]] = dataset.epoch_batches(epoch, skip)
+            else:
+                if hasattr(dataset, "set_epoch"):
+                    dataset.set_epoch(epoch)
+                loader = _epoch_loader(dataset, batch_size, cfg.seed, epoch, collate, cfg.num_workers, skip)
+            consumed = skip
+            for batch in loader:
+                stream_skipped.update(batch.get(SKIPPED_KEY, {}))
+                if len(batch) == 1 and SKIPPED_KEY in batch:
+                    continue  # skips only, after an epoch's last full batch
+                consumed += 1
+                yield epoch, consumed, batch
+            if consumed == skip and skip == 0:
+                raise ValueError(f"epoch {epoch} of the reinforced data yields no full batch of {batch_size}")
             epoch, skip = epoch + 1, 0
 
     def state(step: int) -> dict[str, Any]:
@@ -311,6 +333,7 @@ def train_student(
         kd_loss=kd if kd.active else None,
         final_state=final_state,
         resumed_from_step=start_step,
+        stream_skipped=dict(sorted(stream_skipped.items())),
     )
 
 

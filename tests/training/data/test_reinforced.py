@@ -7,75 +7,20 @@ import time
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tests.conftest import aug_settings
-from training.data.augment import replay_aug, sample_aug_params
-from training.data.dr_format import DRMeta, DRSample, DRShardWriter, encode_sample, write_shard
+from tests.training.data.dr_helpers import CONTEXT, DIMS, A, D, S, dr_sample, tokenizer, write_stage_dir
+from training.data.augment import replay_aug
+from training.data.dr_format import DRMeta, write_shard
 from training.data.reinforced import ReinforcedDataset, collate
-
-A, S, DIMS = 4, 3, (8, 4)
-D = sum(DIMS)
-CONTEXT = 16
-
-
-def tokenizer(texts: list[str]) -> torch.Tensor:
-    return open_clip.tokenize(texts, context_length=CONTEXT)
-
-
-def _jpg(width: int, height: int, seed: int) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 255, size=(height, width, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
-def _sample(k: int, **overrides: object) -> DRSample:
-    rng = np.random.default_rng(100 + k)
-    width, height = 40 + 3 * k, 36 + 2 * k
-    fields: dict[str, object] = dict(
-        uid=f"{k:032x}",
-        param_aug=[sample_aug_params(rng, width, height, **aug_settings()) for _ in range(A)],
-        image_emb=rng.standard_normal((A, D)).astype(np.float32),
-        text_emb=rng.standard_normal((1 + S, D)).astype(np.float32),
-        syn_text=[f"synthetic caption {s} for sample {k}" for s in range(S)],
-        sha256="0" * 64,
-        jpg=_jpg(width, height, k),
-        txt=f"real caption of sample {k}",
-    )
-    fields.update(overrides)
-    return DRSample.from_combined(**fields)
 
 
 @pytest.fixture(scope="module")
 def stage_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("reinforced")
-    DRMeta(("t0", "t1"), DIMS, (100.0, 70.0), A, S, (64, 64)).write(root)
-    write_shard(root / "shards" / "00000.tar", [_sample(k) for k in range(4)], embedding_format="npz")
-    # Second shard: pth.gz embeddings, plus samples the loader must skip and count.
-    with DRShardWriter(root / "shards" / "00001.tar", embedding_format="pth.gz") as writer:
-        for k in range(4, 6):
-            writer.write(_sample(k))
-        writer.write(_sample(6, jpg=None))  # released-DataCompDR style: no image
-        writer.write(_sample(0))  # duplicate uid
-        # A sample whose embeddings hold NaN, written member by member (the writer refuses it).
-        good = _sample(8)
-        encoded = encode_sample(good, embedding_format="npz")
-        emb = good.image_emb.copy()
-        emb[0, 0] = np.nan
-        buffer = io.BytesIO()
-        np.savez(buffer, image_emb=emb, text_emb=good.text_emb)
-        encoded["npz"] = buffer.getvalue()
-        for ext, data in encoded.items():
-            writer.write_member(f"nan000000.{ext}", data)
-        # A crop box outside its (40 + 27) x (36 + 18) image.
-        out_of_bounds = _sample(9, param_aug=[[[0, 0, 500, 500], []]] * A)
-        writer.write(out_of_bounds)
-    return root
+    return write_stage_dir(tmp_path_factory.mktemp("reinforced"))
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +46,7 @@ def test_item_shapes_and_contents(dataset: ReinforcedDataset) -> None:
             assert item[name].shape == (D,) and item[name].dtype == torch.float32
         # The targets belong to exactly the view and captions drawn.
         a, s = dataset.choice(index)
-        source = _sample(index)
+        source = dr_sample(index)
         image = Image.open(io.BytesIO(source.jpg)).convert("RGB")
         assert torch.equal(item["pixels"], replay_aug(image, source.param_aug[a], 32))
         np.testing.assert_allclose(item["t_img"].numpy(), source.image_emb[a], atol=1e-2 if index >= 4 else 0)
@@ -158,7 +103,7 @@ def test_replay_throughput_at_64px(stage_dir: Path) -> None:
 
 
 def test_missing_meta_and_unusable_shards_are_clear_errors(tmp_path: Path) -> None:
-    write_shard(tmp_path / "shards" / "00000.tar", [_sample(0, jpg=None)], embedding_format="npz")
+    write_shard(tmp_path / "shards" / "00000.tar", [dr_sample(0, jpg=None)], embedding_format="npz")
     shards = [tmp_path / "shards" / "00000.tar"]
     with pytest.raises(FileNotFoundError, match=r"dr_meta\.json"):
         ReinforcedDataset(shards, tokenizer, 32)
@@ -166,6 +111,6 @@ def test_missing_meta_and_unusable_shards_are_clear_errors(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="missing_image"):
         ReinforcedDataset(shards, tokenizer, 32, meta=meta)
     wrong_dim = DRMeta(("t0",), (D + 1,), (100.0,), A, S, (64,))
-    write_shard(tmp_path / "shards" / "00001.tar", [_sample(1)], embedding_format="npz")
+    write_shard(tmp_path / "shards" / "00001.tar", [dr_sample(1)], embedding_format="npz")
     with pytest.raises(ValueError, match="bad_shape"):
         ReinforcedDataset([tmp_path / "shards" / "00001.tar"], tokenizer, 32, meta=wrong_dim)
