@@ -262,11 +262,17 @@ class StudentModelConfig(_Section):
     # Data-parallel processes (torchrun's launcher: gloo on CPU, NCCL on GPUs); batch_size is
     # the global batch and must split evenly.
     nproc: Count
+    # Gradient accumulation: each process's share of a step's batch in this many micro-batches,
+    # the contrastive loss still over the whole batch (features cached, as open_clip does).
+    accum_steps: Count
 
     @model_validator(mode="after")
     def _batch_splits_over_processes(self) -> StudentModelConfig:
-        if self.batch_size % self.nproc:
-            raise ValueError(f"batch_size {self.batch_size} does not split over nproc={self.nproc} processes")
+        if self.batch_size % (self.nproc * self.accum_steps):
+            raise ValueError(
+                f"batch_size {self.batch_size} does not split over nproc={self.nproc} processes "
+                f"x accum_steps={self.accum_steps} micro-batches"
+            )
         return self
 
 

@@ -12,6 +12,8 @@ checkpoint's (epoch, batch) position is enough to resume the data stream.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import random
 import time
@@ -180,6 +182,10 @@ def train_student(
         for tensor in kd.state_dict().values():
             torch.distributed.broadcast(tensor, 0)
     loss_factor = match_single_process_gradients([model.logit_scale, *kd.parameters()])
+    if cfg.accum_steps > 1:
+        # Applied to the whole batch in each of the accum_steps passes (see _accumulate).
+        for param in [model.logit_scale, *kd.parameters()]:
+            param.register_hook(lambda grad: grad / cfg.accum_steps)
     # The KD module's projections and scales train with the student, in one optimiser.
     trained = torch.nn.ModuleList([model, kd]) if kd.active else model
     optimizer = adamw(trained, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
@@ -240,6 +246,7 @@ def train_student(
         )
 
     stream = batches(epoch, batch_in_epoch)
+    step_loss = _StepLoss(encoders, kd, cfg, teacher_dims, teacher_scales, device, use_amp)
     steps_iter = progress(iter(range(start_step, cfg.steps)), "train steps", cfg.steps - start_step)
     started = time.perf_counter()
     hook_seconds = 0.0
@@ -252,42 +259,23 @@ def train_student(
         lr = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr)
         set_lr(optimizer, lr)
         pixels = batch["pixels"].to(device, non_blocking=True)
-        t_img = batch["t_img"].to(device)
-        t_real = batch["t_txt_real"].to(device)
-        tokens = batch["tokens_real"]
-        if cfg.use_synthetic_captions:
-            # One text pass over real and synthetic captions together: [2B, L].
-            tokens = torch.cat([tokens, batch["tokens_syn"]])
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-            s_img, s_txt, s_img_masked, scale = encoders(pixels, tokens.to(device))
-        if cfg.use_synthetic_captions:
-            s_real, s_syn = s_txt.split(pixels.shape[0])
-            t_syn = batch["t_txt_syn"].to(device)
-        else:
-            s_real, s_syn, t_syn = s_txt, None, None
+        tokens_real = batch["tokens_real"].to(device)
+        tokens_syn = batch["tokens_syn"].to(device) if cfg.use_synthetic_captions else None
         if online_teachers is not None:
-            t_img, t_real, t_syn = online_teachers.embed(batch, pixels, cfg.use_synthetic_captions)
-        # Data parallel: every rank's loss is the global batch's, [B, D] each from [B / world, D].
-        s_img, s_real, t_img, t_real = (gather_with_local_grad(x) for x in (s_img, s_real, t_img, t_real))
-        s_syn, t_syn, s_img_masked = (
-            None if x is None else gather_with_local_grad(x) for x in (s_syn, t_syn, s_img_masked)
-        )
-        out = mobileclip_loss(
-            s_img, s_real, s_syn, scale, t_img, t_real, t_syn, teacher_dims, teacher_scales, cfg.distill_lambda
-        )
-        loss = out["loss"]
-        kd_parts: dict[str, float] = {}
-        if kd.active:
-            # Like L(B_real) + L(B_syn): the KD terms of every caption set, summed.
-            sets = [(s_real, t_real)] + ([(s_syn, t_syn)] if s_syn is not None else [])
-            kd_outs = [kd(s_img, s_set, scale, t_img, t_set, s_img_masked) for s_set, t_set in sets]
-            kd_total = {key: sum(o[key] for o in kd_outs) for key in kd_outs[0]}
-            loss = loss + kd_total["loss_kd"]
-            kd_parts = {key: float(value.detach()) for key, value in kd_total.items()}
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step + 1}")
+            targets = online_teachers.embed(batch, pixels, cfg.use_synthetic_captions)
+        else:
+            t_syn = batch["t_txt_syn"].to(device) if cfg.use_synthetic_captions else None
+            targets = (batch["t_img"].to(device), batch["t_txt_real"].to(device), t_syn)
+
+        encode = functools.partial(step_loss.encode, pixels, tokens_real, tokens_syn)
+        batch_loss = functools.partial(step_loss.loss, targets=targets, step=step + 1)
         optimizer.zero_grad(set_to_none=True)
-        (loss * loss_factor).backward()
+        local = pixels.shape[0]
+        if cfg.accum_steps == 1:
+            loss, out, kd_parts = batch_loss(encode(slice(0, local)))
+            (loss * loss_factor).backward()
+        else:
+            loss, out, kd_parts = _accumulate(encode, batch_loss, local, cfg.accum_steps, encoders, loss_factor)
         # max_norm=inf measures the norm without clipping when clipping is off.
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
         optimizer.step()
@@ -335,6 +323,123 @@ def train_student(
         resumed_from_step=start_step,
         stream_skipped=dict(sorted(stream_skipped.items())),
     )
+
+
+@dataclass
+class _Features:
+    """One micro-batch's student embeddings: image [b, D], real and synthetic caption text
+    [b, D] (synthetic None without), MFD's masked view [b, D] or None, the logit scale."""
+
+    image: torch.Tensor
+    real: torch.Tensor
+    syn: torch.Tensor | None
+    masked: torch.Tensor | None
+    scale: torch.Tensor
+
+    @staticmethod
+    def cat(parts: Sequence[_Features], scale: torch.Tensor) -> _Features:
+        """The parts' rows in order, with ``scale`` (the live pass's, which carries a graph)."""
+
+        def join(name: str) -> torch.Tensor | None:
+            tensors = [getattr(p, name) for p in parts]
+            return None if tensors[0] is None else torch.cat(tensors)
+
+        return _Features(join("image"), join("real"), join("syn"), join("masked"), scale)  # type: ignore[arg-type]
+
+
+@dataclass
+class _StepLoss:
+    """A step's two halves: encode a micro-batch's rows, and the whole batch's loss."""
+
+    encoders: nn.Module
+    kd: ClipKDLoss
+    cfg: StudentModelConfig
+    teacher_dims: Sequence[int]
+    teacher_scales: Sequence[float]
+    device: torch.device
+    use_amp: bool
+
+    def encode(
+        self, pixels: torch.Tensor, tokens_real: torch.Tensor, tokens_syn: torch.Tensor | None, rows: slice
+    ) -> _Features:
+        tokens = tokens_real[rows]
+        if tokens_syn is not None:
+            # One text pass over real and synthetic captions together: [2b, L].
+            tokens = torch.cat([tokens, tokens_syn[rows]])
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
+            s_img, s_txt, s_img_masked, scale = self.encoders(pixels[rows], tokens)
+        s_real, s_syn = s_txt.split(s_img.shape[0]) if tokens_syn is not None else (s_txt, None)
+        return _Features(s_img, s_real, s_syn, s_img_masked, scale)
+
+    def loss(
+        self, features: _Features, *, targets: Sequence[torch.Tensor | None], step: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+        """(loss, MobileCLIP's parts, CLIP-KD's parts) of the whole batch; ``targets`` are the
+        teachers' (image, real text, synthetic text or None) embeddings of this rank's rows."""
+        # Data parallel: every rank's loss is the global batch's, [B, D] each from [B / world, D].
+        s_img, s_real, s_syn, s_img_masked = (
+            None if x is None else gather_with_local_grad(x)
+            for x in (features.image, features.real, features.syn, features.masked)
+        )
+        t_img, t_real, t_syn = (None if x is None else gather_with_local_grad(x) for x in targets)
+        out = mobileclip_loss(
+            s_img, s_real, s_syn, features.scale, t_img, t_real, t_syn, self.teacher_dims, self.teacher_scales,
+            self.cfg.distill_lambda,
+        )  # fmt: skip
+        loss = out["loss"]
+        kd_parts: dict[str, float] = {}
+        if self.kd.active:
+            # Like L(B_real) + L(B_syn): the KD terms of every caption set, summed.
+            sets = [(s_real, t_real)] + ([(s_syn, t_syn)] if s_syn is not None else [])
+            kd_outs = [self.kd(s_img, s_set, features.scale, t_img, t_set, s_img_masked) for s_set, t_set in sets]
+            kd_total = {key: sum(o[key] for o in kd_outs) for key in kd_outs[0]}
+            loss = loss + kd_total["loss_kd"]
+            kd_parts = {key: float(value.detach()) for key, value in kd_total.items()}
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}")
+        return loss, out, kd_parts
+
+
+def _accumulate(
+    encode: Callable[..., _Features],
+    batch_loss: Callable[[_Features], tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]],
+    local: int,
+    accum_steps: int,
+    encoders: nn.Module,
+    loss_factor: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+    """Gradient accumulation that keeps the contrastive loss over the whole batch (open_clip's
+    ``--accum-freq``): every micro-batch is encoded once without a graph, then each in turn
+    again with one, beside the others' cached features, and the whole batch's loss is
+    backpropagated through that micro-batch alone. The tower gradients sum to the full batch's;
+    the logit scale and CLIP-KD's parts, applied to the whole batch in every pass, have their
+    gradient divided by ``accum_steps`` by the hooks the trainer registered. Only one
+    micro-batch's activations are alive at a time.
+
+    Each micro-batch's second pass replays the RNG state of its first, so MFD's masks (and any
+    dropout) are the same draw; batch-norm running statistics see each micro-batch twice.
+    """
+    if local % accum_steps:
+        raise ValueError(f"a batch of {local} does not split into {accum_steps} micro-batches")
+    size = local // accum_steps
+    rows = [slice(j * size, (j + 1) * size) for j in range(accum_steps)]
+    states, cached = [], []
+    with torch.no_grad():
+        for part in rows:
+            states.append(torch.get_rng_state())
+            cached.append(encode(part))
+    after = torch.get_rng_state()
+    for j, part in enumerate(rows):
+        torch.set_rng_state(states[j])
+        # DDP averages gradients on the last backward only; the others accumulate locally.
+        last = j == accum_steps - 1
+        sync = contextlib.nullcontext() if last or not hasattr(encoders, "no_sync") else encoders.no_sync()
+        with sync:
+            live = encode(part)
+            loss, out, kd_parts = batch_loss(_Features.cat([*cached[:j], live, *cached[j + 1 :]], live.scale))
+            (loss * loss_factor).backward()
+    torch.set_rng_state(after)
+    return loss, out, kd_parts
 
 
 def logged_metrics(row: dict[str, float]) -> dict[str, float]:
