@@ -262,6 +262,9 @@ class StudentModelConfig(_Section):
     # Data-parallel processes (torchrun's launcher: gloo on CPU, NCCL on GPUs); batch_size is
     # the global batch and must split evenly.
     nproc: Count
+    # Mixed precision of the towers (the losses stay float32): auto is bf16 autocast on CUDA,
+    # float32 on CPU; bf16 forces autocast on any device (CPUs with AMX may gain).
+    precision: Literal["auto", "fp32", "bf16"]
     # Gradient accumulation: each process's share of a step's batch in this many micro-batches,
     # the contrastive loss still over the whole batch (features cached, as open_clip does).
     accum_steps: Count

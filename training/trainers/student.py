@@ -189,8 +189,9 @@ def train_student(
     # The KD module's projections and scales train with the student, in one optimiser.
     trained = torch.nn.ModuleList([model, kd]) if kd.active else model
     optimizer = adamw(trained, cfg.lr, cfg.weight_decay, (cfg.beta1, cfg.beta2))
-    # bf16 autocast only on CUDA; on CPU fp32 is faster than emulated bf16 here.
-    use_amp = device.type == "cuda"
+    # auto: bf16 autocast on CUDA only. On a CPU with native bf16 (AMD EPYC, AVX512-BF16) the
+    # default student measured 0.79-0.95 s/step with it against 0.83-0.85 without: no gain.
+    use_amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     params = [p for p in trained.parameters() if p.requires_grad]
 
     rows: list[dict[str, float]] = []
@@ -368,6 +369,9 @@ class _StepLoss:
             tokens = torch.cat([tokens, tokens_syn[rows]])
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.use_amp):
             s_img, s_txt, s_img_masked, scale = self.encoders(pixels[rows], tokens)
+        # The losses (and CLIP-KD's projections) run in float32 whatever the towers ran in.
+        s_img, s_txt = s_img.float(), s_txt.float()
+        s_img_masked = None if s_img_masked is None else s_img_masked.float()
         s_real, s_syn = s_txt.split(s_img.shape[0]) if tokens_syn is not None else (s_txt, None)
         return _Features(s_img, s_real, s_syn, s_img_masked, scale)
 

@@ -192,3 +192,19 @@ def test_gradient_accumulation_matches_the_whole_batch(accum_steps: int) -> None
     assert whole_kd[0]  # CLIP-KD's ICL scale (and projections when sizes differ) had gradients
     for a, b in zip(whole_kd[0], micro_kd[0], strict=True):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_bf16_towers_feed_float32_losses_with_clip_kd_terms() -> None:
+    """Autocast towers (CUDA's default, any device's with precision bf16) with CLIP-KD's
+    projections, which run outside autocast: the losses see float32 features."""
+    kd = {"crd": 1.0, "icl": 1.0, "fd": 100.0, "mfd": 0.0, "gd": 0.0, "afd": 1.0}
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        cfg = section("student_model", steps=2, batch_size=4, warmup_steps=1, seed=2, precision=precision, kd=kd)
+        torch.manual_seed(cfg.seed)
+        result = train_student(build_student("tiny-vit"), FixedBatch(4), cfg, DIMS, SCALES, device=torch.device("cpu"))
+        losses[precision] = result.history["loss"].to_numpy()
+    assert np.isfinite(losses["bf16"]).all()
+    # bf16 towers round, so the loss moves a little, not a lot.
+    np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=0.05)
+    assert not np.array_equal(losses["bf16"], losses["fp32"])
