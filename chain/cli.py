@@ -82,13 +82,14 @@ def _run(names: list[str], params: Params, args: argparse.Namespace) -> int:
     return 0
 
 
-EXPERIMENT_INPUTS = ("reinforced_dataset", "embedded_corpus")
+# teacher_models: for arms that run the teachers online.
+EXPERIMENT_INPUTS = ("reinforced_dataset", "embedded_corpus", "teacher_models")
 
 
 def _experiment(params: Params, args: argparse.Namespace) -> int:
     """Run params.experiment's arms; first the stages it reads, where the lake lacks them."""
     from clipforge.lake import open_lake
-    from training.experiments.outputs import REPORT_FILE, RESULT_FILE, VALIDATION_ROOT
+    from training.experiments.outputs import COMMAND, VALIDATION_ROOT, ExperimentFiles
     from training.experiments.run import run_experiment
 
     lake = open_lake(params.lake)
@@ -104,14 +105,24 @@ def _experiment(params: Params, args: argparse.Namespace) -> int:
         return EXIT_GATE_FAILED
     progress = no_progress if args.no_progress else bar_progress("experiment", True)
     root = Path.cwd() if params.experiment.split == "test" else Path.cwd() / VALIDATION_ROOT
-    result = run_experiment(params, inputs["reinforced_dataset"], inputs["embedded_corpus"], root, progress=progress)
+    command = COMMAND if args.params == DEFAULT_PARAMS_FILE else f"{COMMAND} --params {args.params}"
+    result = run_experiment(
+        params,
+        inputs["reinforced_dataset"],
+        inputs["embedded_corpus"],
+        root,
+        teacher_models=inputs["teacher_models"],
+        command=command,
+        progress=progress,
+    )
     for arm, figures in result["arms"].items():
         zs, ret = figures["zeroshot_top1_mean"], figures["retrieval_mean_r1"]
         print(
             f"{arm:24s} zero-shot {zs['mean']:.3f} ± {zs['std']:.3f}  retrieval {ret['mean']:.3f} ± {ret['std']:.3f}"
             f"  {figures['seconds_per_step']:.3f} s/step"
         )
-    print(f"wrote {root / RESULT_FILE} and {root / REPORT_FILE} in {result['wall_seconds'] / 60:.1f} min")
+    files = ExperimentFiles(params.experiment.name)
+    print(f"wrote {root / files.result} and {root / files.report} in {result['wall_seconds'] / 60:.1f} min")
     return 0
 
 

@@ -82,19 +82,28 @@ EXPERIMENT_HEADER = """\
 
 
 def render_experiment(root: Path = REPO) -> str:
-    """The experiment stage: paths relative to the project root (``wdir: ..``)."""
+    """One stage per experiment of EXPERIMENT_PARAMS: paths relative to the project root (``wdir: ..``)."""
     from chain.cli import EXPERIMENT_INPUTS
-    from training.experiments.outputs import EVALS_FILE, PLOT_FILE, REPORT_FILE, RESULT_FILE
+    from clipforge.params_file import DEFAULT_PARAMS_FILE, load_params
+    from training.experiments.outputs import COMMAND, EXPERIMENT_PARAMS, ExperimentFiles
 
-    stage = {
-        "wdir": "..",
-        "cmd": "clipforge experiment --no-progress",
-        "deps": [*code_deps(EXPERIMENT_MODULE, ImportGraph(root)), *(f"{LAKE}/{name}" for name in EXPERIMENT_INPUTS)],
-        "params": ["experiment", "student_model", "evaluation"],
-        "outs": [{name: {"cache": False}} for name in (REPORT_FILE, PLOT_FILE, EVALS_FILE)],
-        "metrics": [{RESULT_FILE: {"cache": False}}],
-    }
-    return EXPERIMENT_HEADER + yaml.safe_dump({"stages": {"experiment": stage}}, sort_keys=False, width=120)
+    stages = {}
+    deps = [*code_deps(EXPERIMENT_MODULE, ImportGraph(root)), *(f"{LAKE}/{name}" for name in EXPERIMENT_INPUTS)]
+    for params_file in EXPERIMENT_PARAMS:
+        files = ExperimentFiles(load_params(root / params_file).experiment.name)
+        default = params_file == DEFAULT_PARAMS_FILE
+        stages[files.name] = {
+            "wdir": "..",
+            "cmd": f"{COMMAND} --no-progress" + ("" if default else f" --params {params_file}"),
+            "deps": deps if default else [*deps, params_file],
+            # A profile overrides experiment only: the rest is params.yaml's.
+            "params": ["experiment", "student_model", "evaluation"]
+            if default
+            else ["student_model", "evaluation", {params_file: ["experiment"]}],
+            "outs": [{name: {"cache": False}} for name in (files.report, files.plot, files.evals)],
+            "metrics": [{files.result: {"cache": False}}],
+        }
+    return EXPERIMENT_HEADER + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
 
 
 def problems(dvc: dict[str, Any], root: Path = REPO) -> list[str]:

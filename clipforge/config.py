@@ -326,6 +326,9 @@ class ExperimentArm(_Section):
 
 
 class ExperimentConfig(_Section):
+    # The outputs' name (docs/<name>.md, .json, .png, _evals.csv) and the report's title.
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]*$")]
+    title: Text
     # Every arm runs once per seed; within a seed all arms share model init and data order.
     seeds: Annotated[list[Seed], Field(min_length=1)]
     steps: Count

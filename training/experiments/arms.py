@@ -23,6 +23,7 @@ from training.eval.report import aggregate, headline
 from training.eval.zeroshot import Tokenizer, evaluate_task
 from training.models.checkpoints import initial_student
 from training.models.students import StudentClip
+from training.trainers.online_teachers import OnlineTeachers
 from training.trainers.student import seed_everything, train_student
 
 
@@ -59,10 +60,13 @@ def run_arm(
     *,
     eval_every: int,
     eval_batch_size: int,
+    online_teachers: OnlineTeachers | None = None,
     tracker: Tracker | None = None,
     progress: Progress = no_progress,
 ) -> ArmRun:
-    """Train ``cfg`` (the arm's student config at one seed), scoring every ``eval_every`` steps."""
+    """Train ``cfg`` (the arm's student config at one seed), scoring every ``eval_every`` steps;
+    with ``online_teachers`` (an online arm), they embed every batch in place of the stored
+    embeddings."""
     tracker = tracker or NullTracker()
     seed_everything(cfg.seed)
     model = initial_student(cfg)  # what student_model would train: init_checkpoint honoured
@@ -83,12 +87,18 @@ def run_arm(
         return time.perf_counter() - started
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if (cfg.teacher_embeddings == "online") != (online_teachers is not None):
+        raise ValueError(
+            f"arm {arm.name!r}: teacher_embeddings={cfg.teacher_embeddings} needs online teachers exactly then"
+        )
+    stored = online_teachers is None
     result = train_student(
         model,
         dataset,
         cfg,
-        list(dataset.meta.teacher_dims),
-        list(dataset.meta.logit_scales),
+        list(dataset.meta.teacher_dims) if stored else online_teachers.dims,
+        list(dataset.meta.logit_scales) if stored else online_teachers.scales,
+        online_teachers=online_teachers,
         collate=collate,
         tracker=tracker,
         progress=progress,

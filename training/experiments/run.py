@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from clipforge.config import Params, arm_student_config
 from clipforge.progress import Progress, no_progress
@@ -21,9 +22,11 @@ from training.data.embedded_layout import BENCHMARK_DIR, VALIDATION_DIR
 from training.data.reinforced import ReinforcedDataset
 from training.eval.timing import machine_facts
 from training.experiments.arms import ArmRun, run_arm
-from training.experiments.outputs import COMMAND, EVALS_FILE, PLOT_FILE, REPORT_FILE, RESULT_FILE
+from training.experiments.outputs import COMMAND, ExperimentFiles
 from training.experiments.results import markdown_table, plot_curves, summarize
+from training.models.open_clip_models import load_teachers
 from training.models.students import build_student
+from training.trainers.online_teachers import OnlineTeachers
 
 
 @contextlib.contextmanager
@@ -42,13 +45,22 @@ def run_experiment(
     embedded_corpus: Path,
     root: Path,
     *,
+    teacher_models: Path | None = None,
+    command: str = COMMAND,
     track: bool = True,
     progress: Progress = no_progress,
 ) -> dict[str, Any]:
     """Run ``params.experiment`` on the published ``reinforced_dataset`` and the benchmark of
-    ``embedded_corpus``; write RESULT_FILE, EVALS_FILE, REPORT_FILE and PLOT_FILE under ``root``."""
+    ``embedded_corpus``; write its :class:`ExperimentFiles` under ``root``.
+    Arms with ``teacher_embeddings: online`` run the ``teacher_models`` during training."""
     exp = params.experiment
     base = params.student_model
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    online: OnlineTeachers | None = None
+    if any(arm_student_config(base, arm, seed=0, steps=1).teacher_embeddings == "online" for arm in exp.arms):
+        if teacher_models is None:
+            raise ValueError("an arm runs its teachers online: run_experiment needs the teacher_models folder")
+        online = OnlineTeachers(load_teachers(teacher_models, device=str(device)), device)
     tasks = load_benchmark(embedded_corpus / (BENCHMARK_DIR if exp.split == "test" else VALIDATION_DIR))
     arm_names = [arm.name for arm in exp.arms]
     runs: list[ArmRun] = []
@@ -58,15 +70,22 @@ def run_experiment(
         for seed in exp.seeds:
             # The data (and its per-epoch augmentation draw) depends on the seed, and on the
             # student's tokenizer and resolution: decoded once per (variant, size) and seed.
-            datasets: dict[tuple[str, int], ReinforcedDataset] = {}
+            # (Online arms' items also carry the teachers' own tokens and views.)
+            datasets: dict[tuple[str, int, bool], ReinforcedDataset] = {}
             for arm in exp.arms:
                 cfg = arm_student_config(base, arm, seed=seed, steps=exp.steps)
-                if (cfg.model, cfg.image_size) not in datasets:
+                arm_online = online if cfg.teacher_embeddings == "online" else None
+                key = (cfg.model, cfg.image_size, arm_online is not None)
+                if key not in datasets:
                     tokenizer = build_student(cfg.model).tokenizer()
-                    datasets[cfg.model, cfg.image_size] = ReinforcedDataset.from_stage_dir(
-                        reinforced_dataset, tokenizer, cfg.image_size, seed
+                    datasets[key] = ReinforcedDataset.from_stage_dir(
+                        reinforced_dataset,
+                        tokenizer,
+                        cfg.image_size,
+                        seed,
+                        arm_online.loader_inputs() if arm_online is not None else (),
                     )
-                dataset = datasets[cfg.model, cfg.image_size]
+                dataset = datasets[key]
                 tags = {"clipforge.experiment.arm": arm.name, "clipforge.experiment.seed": str(seed)}
                 with child(f"{arm.name} seed {seed}", tags) as tracker:
                     tracker.log_params(
@@ -80,6 +99,7 @@ def run_experiment(
                             tasks,
                             eval_every=exp.eval_every,
                             eval_batch_size=params.evaluation.batch_size,
+                            online_teachers=arm_online,
                             tracker=tracker,
                             progress=progress,
                         )
@@ -93,7 +113,8 @@ def run_experiment(
                 {"arm": r.arm, "seed": r.seed, "final_loss": r.final_loss, "seconds_per_step": r.seconds_per_step}
                 for r in runs
             ],
-            "command": COMMAND,
+            "command": command,
+            "title": exp.title,
             "seeds": list(exp.seeds),
             "steps": exp.steps,
             "eval_every": exp.eval_every,
@@ -102,9 +123,10 @@ def run_experiment(
             "machine": machine_facts(),
         }
         descriptions = {arm.name: arm.description for arm in exp.arms}
-        write_outputs(root, result, evals, descriptions)
+        files = ExperimentFiles(exp.name)
+        write_outputs(root, files, result, evals, descriptions)
         parent.log_metrics(flat_figures(summary))
-        for name in (RESULT_FILE, EVALS_FILE, REPORT_FILE, PLOT_FILE):
+        for name in files.all:
             parent.log_artifact(root / name)
     return result
 
@@ -122,21 +144,23 @@ def flat_figures(summary: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def write_outputs(root: Path, result: dict[str, Any], evals: pd.DataFrame, descriptions: dict[str, str]) -> None:
-    for name in (RESULT_FILE, EVALS_FILE, REPORT_FILE, PLOT_FILE):
+def write_outputs(
+    root: Path, files: ExperimentFiles, result: dict[str, Any], evals: pd.DataFrame, descriptions: dict[str, str]
+) -> None:
+    for name in files.all:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-    (root / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
-    evals.round(6).to_csv(root / EVALS_FILE, index=False)
-    plot_curves(evals, list(descriptions), root / PLOT_FILE)
-    (root / REPORT_FILE).write_text(report_markdown(result, descriptions), encoding="utf-8")
+    (root / files.result).write_text(json.dumps(result, indent=2) + "\n")
+    evals.round(6).to_csv(root / files.evals, index=False)
+    plot_curves(evals, list(descriptions), root / files.plot)
+    (root / files.report).write_text(report_markdown(result, descriptions, files), encoding="utf-8")
 
 
-def report_markdown(result: dict[str, Any], descriptions: dict[str, str]) -> str:
+def report_markdown(result: dict[str, Any], descriptions: dict[str, str], files: ExperimentFiles) -> str:
     machine = result["machine"]
     lines = [
-        "# Does reinforcement beat plain training? (`clipforge experiment`)",
+        f"# {result['title']} (`{result['command']}`)",
         "",
-        "Generated by `clipforge experiment` (or `dvc repro experiments/dvc.yaml`) from `params.yaml`'s `experiment`",
+        f"Generated by `{result['command']}` (or `dvc repro experiments/dvc.yaml`) from the params file's `experiment`",
         "section on the embedded default's `reinforced_dataset`; do not edit by hand. Every arm trains the",
         "same student with the same steps and, per seed, the same initial weights and data order; only",
         "what its config changes differs. "
@@ -150,9 +174,9 @@ def report_markdown(result: dict[str, Any], descriptions: dict[str, str]) -> str
         "",
         markdown_table(result, descriptions),
         "",
-        f"![zero-shot and retrieval against steps]({Path(PLOT_FILE).name})",
+        f"![zero-shot and retrieval against steps]({Path(files.plot).name})",
         "",
-        f"Per-evaluation figures: [`{Path(EVALS_FILE).name}`]({Path(EVALS_FILE).name}); every figure: `{RESULT_FILE}`.",
+        f"Per-evaluation figures: [`{Path(files.evals).name}`]({Path(files.evals).name}); every figure: `{files.result}`.",
         f"Run in {result['wall_seconds'] / 60:.1f} min on {machine['cpu']} ({machine['usable_cores']} usable cores).",
         "",
     ]

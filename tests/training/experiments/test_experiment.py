@@ -12,9 +12,12 @@ from clipforge.params_file import ParamsError, load_params
 from tests.conftest import REPO, params_with
 from tests.training.benchmark_helpers import write_clip_benchmark_classification, write_clip_benchmark_retrieval
 from tests.training.student_helpers import one_thread  # noqa: F401 (autouse)
-from training.experiments.outputs import EVALS_FILE, PLOT_FILE, REPORT_FILE, RESULT_FILE
+from training.experiments.outputs import EXPERIMENT_PARAMS, ExperimentFiles
 from training.experiments.results import steps_to_reach, summarize
 from training.experiments.run import run_experiment
+
+FILES = ExperimentFiles("experiment")  # params.yaml's experiment.name
+EVALS_FILE, PLOT_FILE, REPORT_FILE, RESULT_FILE = FILES.evals, FILES.plot, FILES.report, FILES.result
 
 ARMS = [
     {
@@ -128,3 +131,34 @@ def test_summary_against_the_baseline() -> None:
     assert a["vs_baseline"]["steps_to_baseline_final"] == 20 and a["vs_baseline"]["seed_ranges_overlap"]
     assert c["seconds_per_step"] == 0.7
     assert steps_to_reach(pd.Series([0.1, 0.2], index=[5, 10]), 0.3) is None
+
+
+def test_online_arms_run_the_teachers(dr_folder: Path, corpus: Path, teacher_dir: Path, tmp_path: Path) -> None:
+    """An arm that sets teacher_embeddings: online trains against the teachers run on its
+    batches (not the stored embeddings); the experiment refuses to run it without them."""
+    fd = {"fd": 100.0}
+    arms = [
+        {"name": "stored", "description": "FD, stored", "student_model": {"distill_lambda": 0.0, "kd": fd}},
+        {
+            "name": "online",
+            "description": "FD, online",
+            "student_model": {"distill_lambda": 0.0, "kd": fd, "teacher_embeddings": "online"},
+        },
+    ]
+    params = params_with(
+        student_model={"batch_size": 6, "warmup_steps": 1},
+        experiment={"seeds": [0], "steps": 2, "eval_every": 2, "arms": arms},
+    )
+    with pytest.raises(ValueError, match="teacher_models"):
+        run_experiment(params, dr_folder, corpus, tmp_path / "no", track=False)
+    result = run_experiment(params, dr_folder, corpus, tmp_path / "yes", teacher_models=teacher_dir, track=False)
+    losses = {r["arm"]: r["final_loss"] for r in result["runs"]}
+    # Same seed, data and loss: only the teachers' embeddings differ (run, not read).
+    assert losses["stored"] != pytest.approx(losses["online"])
+
+
+def test_every_experiment_params_file_loads_with_its_own_outputs() -> None:
+    names = [load_params(REPO / path).experiment.name for path in EXPERIMENT_PARAMS]
+    assert names[0] == "experiment" and len(set(names)) == len(names)
+    kd = load_params(REPO / "profiles/experiment-clip-kd.yaml").experiment
+    assert [arm.name[0] for arm in kd.arms] == ["e", "f", "g", "h"]
