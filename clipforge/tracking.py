@@ -90,8 +90,12 @@ def stage_run(cfg: MlflowConfig, stage: str, tags: dict[str, str] | None = None)
 
 @contextlib.contextmanager
 def child_run(name: str, tags: dict[str, str] | None = None) -> Iterator[MlflowTracker]:
-    """A run nested under the active one (an experiment arm under its experiment's parent run)."""
+    """A run nested under the active one (an experiment arm under its experiment's parent run),
+    in the parent's MLflow experiment (without it, MLflow files the child under "Default")."""
     import mlflow
 
-    with mlflow.start_run(run_name=name, nested=True, tags=tags or {}) as run:
+    parent = mlflow.active_run()
+    if parent is None:
+        raise RuntimeError("child_run needs an active parent run")
+    with mlflow.start_run(run_name=name, nested=True, experiment_id=parent.info.experiment_id, tags=tags or {}) as run:
         yield MlflowTracker(run.info.run_id)
