@@ -205,7 +205,8 @@ def run(ctx: StageContext) -> StageOutcome:
     else:
         model, dataset, result = _train(cfg, folder, teachers_folder, checkpoints, device, ctx.tracker, ctx.progress)
     meta = dataset.meta
-    teacher_dims, teacher_scales = list(meta.teacher_dims), list(meta.logit_scales)
+    # What the targets came from: the stored embeddings' teachers, or those run online.
+    teacher_dims, teacher_scales = result.teacher_dims, result.teacher_scales
     save_outputs(model, result, cfg, ctx.out_dir)
     # The result is in the stage's output now; a rerun of the same training retrains from zero.
     checkpoints.clear()

@@ -298,6 +298,9 @@ def test_online_teachers_embed_the_view_and_captions_the_student_sees(
     outcome = run(StageContext(name="student_model", params=params, inputs=inputs_, out_dir=out, show_progress=False))
     assert outcome.summary["teacher_embeddings"] == "online"
     assert outcome.summary["kd"] == {"crd": 1.0, "icl": 1.0, "fd": 2000.0}
+    # The summary names the sizes the targets had: the online teachers', not the stored ones'.
+    assert outcome.summary["teacher_dims"] == online.dims != list(DIMS)
+    assert outcome.summary["teacher_scales"] == pytest.approx(online.scales)
     history = pd.read_parquet(out / "history.parquet")
     assert np.isfinite(history[["loss", "loss_crd", "loss_icl", "loss_fd"]].to_numpy()).all()
     # The stored embeddings of dr_folder are random, the teachers' are not: the losses differ.

@@ -65,6 +65,9 @@ class StudentTrainResult:
     resumed_from_step: int = 0
     # A streaming loader's skipped samples by reason, as this run met them (memory: {}).
     stream_skipped: dict[str, int] = field(default_factory=dict)
+    # The teachers the targets came from: the stored embeddings' or the online teachers' sizes.
+    teacher_dims: list[int] = field(default_factory=list)
+    teacher_scales: list[float] = field(default_factory=list)
 
 
 def _epoch_loader(
@@ -323,6 +326,8 @@ def train_student(
         final_state=final_state,
         resumed_from_step=start_step,
         stream_skipped=dict(sorted(stream_skipped.items())),
+        teacher_dims=list(teacher_dims),
+        teacher_scales=list(teacher_scales),
     )
 
 
