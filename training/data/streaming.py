@@ -34,8 +34,9 @@ import fsspec
 import numpy as np
 import torch
 import webdataset as wds
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 from webdataset.tariterators import group_by_keys, tar_file_expander
+from webdataset.utils import pytorch_worker_info
 
 from training.data.dr_format import DR_META_FILE, DR_SHARDS_DIR, DRMeta, DRSampleError
 from training.data.reinforced import Tokenizer, collate, training_item, usable_sample
@@ -132,9 +133,9 @@ class StreamingReinforced(IterableDataset):
 
     def _split_seed(self) -> list[int]:
         """(seed, epoch, rank, worker): the stream's random state for this process and worker."""
-        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-        info = get_worker_info()
-        return [self.seed % 2**32, self.epoch, rank, info.id if info is not None else 0]
+        # webdataset's own reading of rank and worker, the one its splitters deal shards by.
+        rank, _, worker, _ = pytorch_worker_info()
+        return [self.seed % 2**32, self.epoch, rank, worker]
 
     def _shards(self, _: Any = None) -> Iterator[dict[str, str]]:
         urls = list(self.urls)
@@ -219,7 +220,7 @@ class StreamingReinforced(IterableDataset):
             yield batch
 
     def _check_shards_cover_readers(self) -> None:
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        _, world, _, _ = pytorch_worker_info()
         readers = world * max(1, self.num_workers)
         if len(self.urls) < readers:
             raise ValueError(

@@ -91,13 +91,12 @@ def run_arm(
         raise ValueError(
             f"arm {arm.name!r}: teacher_embeddings={cfg.teacher_embeddings} needs online teachers exactly then"
         )
-    stored = online_teachers is None
     result = train_student(
         model,
         dataset,
         cfg,
-        list(dataset.meta.teacher_dims) if stored else online_teachers.dims,
-        list(dataset.meta.logit_scales) if stored else online_teachers.scales,
+        list(dataset.meta.teacher_dims),
+        list(dataset.meta.logit_scales),
         online_teachers=online_teachers,
         collate=collate,
         tracker=tracker,

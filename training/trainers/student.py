@@ -144,7 +144,8 @@ def train_student(
     """Run ``cfg.steps`` optimisation steps of the MobileCLIP loss; the model trains in place.
 
     With ``online_teachers``, the teachers embed each batch's view and captions during training
-    in place of the stored embeddings (``teacher_dims`` / ``teacher_scales`` must be theirs).
+    in place of the stored embeddings, and their sizes and scales replace ``teacher_dims`` /
+    ``teacher_scales`` (the stored embeddings').
 
     ``after_step(step)`` (1-based) runs after every optimiser step, e.g. to evaluate; it
     returns the seconds it spent, which ``train_seconds`` leaves out.
@@ -175,6 +176,8 @@ def train_student(
         batch_size = min(cfg.batch_size, n)
 
     model.to(device).train()
+    if online_teachers is not None:
+        teacher_dims, teacher_scales = online_teachers.dims, online_teachers.scales
     kd = ClipKDLoss(cfg.kd.weights(), model.info.embed_dim, teacher_dims, teacher_scales).to(device)
     rank, world_size = world()
     encoders: nn.Module = _Encoders(model, cfg.kd.mfd_mask_ratio if kd.needs_masked_view else None)
