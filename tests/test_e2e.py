@@ -22,6 +22,7 @@ from assets.definitions import defs
 from chain.spec import CHAIN
 from clipforge.params_file import load_params
 from tests.conftest import REPO
+from training.teacher_models import BOOTSTRAP_TEACHERS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -86,7 +87,8 @@ def test_whole_chain_through_dagster_then_dvc(tmp_path: Path, monkeypatch: pytes
         meta = evaluation.asset_materialization.metadata
         table = meta["table: references"].value
         models = [line.split("|")[1].strip() for line in table.splitlines()[2:]]
-        assert models == ["chance", "student", "vit-teacher", "rn-teacher", "teacher-ensemble"]
+        teachers = [name for name, _, _ in BOOTSTRAP_TEACHERS]
+        assert models == ["chance", "student", *teachers, "teacher-ensemble"]
         assert "| chance | 0.1667 | 0.1250 | 0.2500 | 0.2500 |" in table  # 6, 8, 4, 4 classes
         assert meta["preview: references"].value.startswith("![references](data:image/png;base64,")
 
@@ -97,7 +99,7 @@ def test_whole_chain_through_dagster_then_dvc(tmp_path: Path, monkeypatch: pytes
     assert 0.0 <= metrics["zeroshot_top1_mean"] <= 1.0
     assert 0.0 <= metrics["retrieval_mean_r1"] <= 1.0
     assert json.loads((work / "metrics" / "evaluation.json").read_text()) == metrics
-    for model in ("chance", "vit-teacher", "rn-teacher", "teacher-ensemble"):
+    for model in ("chance", *(name for name, _, _ in BOOTSTRAP_TEACHERS), "teacher-ensemble"):
         assert 0.0 <= metrics[f"{model}/zeroshot_top1_mean"] <= 1.0
 
     mlflow.set_tracking_uri(base["mlflow"]["tracking_uri"])

@@ -29,20 +29,25 @@ def test_bootstrap_writes_a_loadable_ensemble(tmp_path: Path) -> None:
     ctx = bootstrap_ctx(tmp_path, params, corpus, "teacher_models")
     outcome = teacher_models.run(ctx)
     m = outcome.manifest
-    assert list(m["name"]) == ["vit-teacher", "rn-teacher"]
+    names = [name for name, _, _ in teacher_models.BOOTSTRAP_TEACHERS]
+    assert list(m["name"]) == names and len(names) == 2
     assert {"name", "model_name", "kind", "num_params", "embed_dim", "image_size"} <= set(m.columns)
     assert (m["kind"] == "clip").all() and (m["num_params"] > 0).all() and (m["image_size"] == 64).all()
     assert m["heldout_i2t_top1"].between(0, 1).all() and m["final_loss"].notna().all()
     teachers = load_teachers(ctx.out_dir)
-    assert [t.name for t in teachers] == ["vit-teacher", "rn-teacher"]
+    assert [t.name for t in teachers] == names
     for t in teachers:
         assert 0 < t.logit_scale <= 100
         assert t.encode_text(["a red square"]).shape == (1, t.embed_dim)
     hist = pd.read_parquet(ctx.out_dir / "history.parquet")
-    assert set(hist["model"]) == {"vit-teacher", "rn-teacher"} and len(hist) == 4
+    assert set(hist["model"]) == set(names) and len(hist) == 4
     assert (ctx.out_dir / outcome.previews["loss_curve"]).stat().st_size > 1000
     logged = {k for metrics, _ in ctx.tracker.metrics for k in metrics}  # type: ignore[attr-defined]
-    assert "vit-teacher_loss" in logged and "rn-teacher_loss" in logged
+    assert {f"{n}_loss" for n in names} | {f"{n}_pretrain_loss" for n in names} <= logged
+    # The tiny profile pretrains each image trunk (LiT): its history is kept beside the model.
+    assert outcome.summary["recipe"] == "lit" and m["pretrain_facts_accuracy"].between(0, 1).all()
+    for n in names:
+        assert len(pd.read_parquet(ctx.out_dir / f"{n}_{teacher_models.PRETRAIN_HISTORY_SUFFIX}")) == 4
     assert outcome.summary["heldout_samples"] == 2
 
 

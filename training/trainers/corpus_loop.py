@@ -34,6 +34,8 @@ class CorpusTrainResult:
     model: nn.Module
     history: pd.DataFrame  # one row per step: step, lr, loss, logit_scale, (parts)
     seconds: float
+    # LiT teachers: the image trunk's supervised phase (step, lr, loss, facts_accuracy).
+    pretrain_history: pd.DataFrame | None = None
 
     @property
     def final_loss(self) -> float:
@@ -54,6 +56,9 @@ def _batches(indices: torch.Tensor, batch_size: int, generator: torch.Generator)
 # (pixels [B, 3, S, S] normalised, corpus indices [B]) -> (loss, parts): the step loss picks
 # its own text for those indices.
 StepLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+# (corpus indices [B], generator) -> what the step loss gets for them, when not random crops
+# (a locked image tower's precomputed features, for instance).
+BatchInputs = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
 def train_loop(
@@ -66,11 +71,13 @@ def train_loop(
     label: str,
     tracker: Tracker | None = None,
     progress: Progress = no_progress,
+    inputs: BatchInputs | None = None,
 ) -> CorpusTrainResult:
     """AdamW + warmup/cosine over random resized crops; ``step_loss(pixels, idx)`` -> (loss, parts).
 
     pixels are [B, 3, image_size, image_size] normalised for the model, idx [B] the corpus
-    indices they show.
+    indices they show; ``inputs`` replaces the crops with other per-sample inputs. Only the
+    parameters that require gradients are optimised.
     """
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -84,8 +91,11 @@ def train_loop(
         lr = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr)
         set_lr(optimizer, lr)
         idx = next(batches)
-        pixels = (random_resized_crop(corpus.images[idx], cfg.image_size, gen) - mean) / std
-        loss, parts = step_loss(pixels, idx)
+        if inputs is None:
+            batch = (random_resized_crop(corpus.images[idx], cfg.image_size, gen) - mean) / std
+        else:
+            batch = inputs(idx, gen)
+        loss, parts = step_loss(batch, idx)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{label}: loss became {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
@@ -101,10 +111,22 @@ def train_loop(
             **parts,
         }
         rows.append(row)
-        if tracker is not None and (step % cfg.log_every == 0 or step == cfg.steps - 1):
-            tracker.log_metrics({f"{label}_{k}": v for k, v in row.items() if k != "step"}, step=step)
+        if tracker is not None:
+            log_history(tracker, label, pd.DataFrame([row]), cfg.log_every, cfg.steps)
     model.eval()
     return CorpusTrainResult(model, pd.DataFrame(rows), time.perf_counter() - started)
+
+
+def log_history(tracker: Tracker, label: str, history: pd.DataFrame, log_every: int, total_steps: int) -> None:
+    """Log the rows of every ``log_every``-th step and the last one as ``{label}_{column}``.
+
+    The one rule for live logging (train_loop) and for logging afterwards (teachers trained in
+    threads, where MLflow's active run, a thread-local, is not visible).
+    """
+    for row in history.to_dict("records"):
+        step = int(row["step"])
+        if step % log_every == 0 or step == total_steps - 1:
+            tracker.log_metrics({f"{label}_{k}": float(v) for k, v in row.items() if k != "step"}, step=step)
 
 
 def check_image_size(model_name: str, cfg: BootstrapTrainConfig) -> None:
