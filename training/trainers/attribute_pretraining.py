@@ -2,7 +2,7 @@
 
 Real CLIP teachers start from image towers that already see objects; a bootstrapped one that
 learns pixels and words at once from 6000 captions learns the background (what tells most
-pairs of a batch apart) and never the object's shape (docs/experiment.md). So the trunk first
+pairs of a batch apart) and never the object's shape (docs/stages.md). So the trunk first
 learns to name every fact of the scene the generator recorded (a multi-label head over
 "main.shape=star", "object.color=red", "texture=striped", ...), the head is dropped, and the
 text tower is then tuned against the locked trunk (LiT, Zhai et al. 2022;

@@ -1,0 +1,104 @@
+"""Image-trunk pretraining on KEY.json scene facts, and the LiT teacher built on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import default_params, with_changes
+from tests.training.corpus_helpers import write_corpus
+from training.data.embedded_layout import TEACHER_SHARDS_DIR
+from training.data.teacher_corpus import read_corpus
+from training.trainers.attribute_pretraining import fact_targets, pretrain_trunk, scene_facts
+from training.trainers.clip_teacher import train_lit
+
+
+def test_scene_facts_cover_groups_scalars_and_any_object() -> None:
+    attrs = {
+        "main": {"shape": "star", "color": "red", "count": 2, "position": "left"},
+        "extra": {"shape": "heart", "color": "blue", "position": None},
+        "texture": "striped",
+        "background": "green",
+        "caption": "two red stars ...",  # describes the file: not a fact
+        "width": 96,
+    }
+    facts = scene_facts(attrs)
+    assert {"main.shape=star", "main.count=2", "extra.shape=heart", "texture=striped", "background=green"} <= facts
+    # Either group's shape is a shape "some object" has: what a one-object prompt asks.
+    assert {"object.shape=star", "object.shape=heart", "object.color=blue"} <= facts
+    assert not any(f.startswith(("caption", "width", "extra.position")) for f in facts)
+
+
+def test_fact_vocabulary_comes_from_training_samples_only() -> None:
+    attrs = [{"texture": "plain"}, {"texture": "dotted"}, None, {"texture": "striped"}]
+    targets = fact_targets(attrs, torch.tensor([0, 1, 2]))
+    assert targets.vocabulary == ["texture=dotted", "texture=plain"]  # sample 3 is held out
+    assert targets.targets.tolist() == [[0, 1], [1, 0], [0, 0], [0, 0]]
+    assert targets.has_facts.tolist() == [True, True, False, True]
+
+
+def _corpus(tmp_path: Path, n: int = 32):
+    return read_corpus(write_corpus(tmp_path / "c", n=n) / TEACHER_SHARDS_DIR, 96)
+
+
+def test_pretraining_learns_the_facts(tmp_path: Path) -> None:
+    from training.models.open_clip_models import fresh_model
+    from training.trainers.corpus_loop import pixel_norm
+
+    corpus = _corpus(tmp_path)
+    cfg = with_changes(default_params().teacher_models.image_pretraining, steps=40, batch_size=16, warmup_steps=2)
+    torch.manual_seed(0)
+    model = fresh_model("cf-tiny-cnn-teacher")
+    mean, std = pixel_norm(model)
+    hist = pretrain_trunk(
+        model.visual.trunk, corpus, torch.arange(len(corpus)), cfg, image_size=64, mean=mean, std=std, seed=0, label="t"
+    )
+    assert list(hist.columns) == ["step", "lr", "loss", "facts_accuracy"] and len(hist) == 40
+    assert hist["loss"].tail(5).mean() < 0.5 * hist["loss"].head(3).mean()
+    assert not model.visual.trunk.training  # left in eval mode, ready to be locked
+
+
+def test_pretraining_without_attributes_is_a_clear_error(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path, n=8)
+    corpus.attributes = [None] * len(corpus)
+    cfg = with_changes(default_params().teacher_models.image_pretraining, steps=2, batch_size=4)
+    boot = with_changes(default_params().teacher_models.bootstrap, steps=1, batch_size=4)
+    with pytest.raises(ValueError, match=r"needs KEY\.json scene attributes.*image_pretraining\.steps: 0"):
+        train_lit("cf-tiny-cnn-teacher", corpus, torch.arange(8), boot, cfg, label="t")
+
+
+def test_lit_locks_the_trunk_and_tunes_text_and_projection(tmp_path: Path) -> None:
+    from training.trainers.clip_teacher import seeded_model
+
+    corpus = _corpus(tmp_path)
+    pre = with_changes(default_params().teacher_models.image_pretraining, steps=6, batch_size=8, warmup_steps=1)
+    boot = with_changes(default_params().teacher_models.bootstrap, steps=20, batch_size=16, warmup_steps=2)
+    result = train_lit("cf-tiny-cnn-teacher", corpus, torch.arange(len(corpus)), boot, pre, label="lit")
+    assert result.pretrain_history is not None and len(result.pretrain_history) == 6 and len(result.history) == 20
+    assert result.history["loss"].tail(3).mean() < result.history["loss"].head(3).mean()
+    # Re-run the pretraining alone from the same seed: the LiT phase left the trunk as it was.
+    again = seeded_model("cf-tiny-cnn-teacher", boot.seed)
+    from training.trainers.corpus_loop import pixel_norm
+
+    mean, std = pixel_norm(again)
+    pretrain_trunk(
+        again.visual.trunk, corpus, torch.arange(len(corpus)), pre, image_size=64, mean=mean, std=std, seed=0, label="x"
+    )
+    for (name, locked), (_, ref) in zip(
+        result.model.visual.trunk.state_dict().items(), again.visual.trunk.state_dict().items(), strict=True
+    ):
+        assert torch.equal(locked, ref), name
+    # ... while the projection and the text tower moved from their initialisation.
+    init = seeded_model("cf-tiny-cnn-teacher", boot.seed)
+    assert not torch.equal(result.model.visual.head.proj.weight, init.visual.head.proj.weight)
+    assert not torch.equal(result.model.text_projection, init.text_projection)
+
+
+def test_lit_needs_a_timm_image_tower(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path, n=8)
+    pre = with_changes(default_params().teacher_models.image_pretraining, steps=1, batch_size=4)
+    boot = with_changes(default_params().teacher_models.bootstrap, steps=1, batch_size=4)
+    with pytest.raises(TypeError, match="timm image tower"):
+        train_lit("cf-tiny-vit-teacher", corpus, torch.arange(8), boot, pre, label="vit")
