@@ -77,6 +77,20 @@ def fact_targets(attributes: Sequence[dict[str, Any] | None], train_idx: torch.T
     return FactTargets(vocabulary, targets, torch.tensor([bool(f) for f in facts], dtype=torch.bool))
 
 
+def _num_features(trunk: nn.Module, image_size: int) -> int:
+    """Width of the trunk's pooled output: timm's attribute, else one probe in eval mode (so
+    batch-norm statistics are not moved by the probe)."""
+    width = getattr(trunk, "num_features", None)
+    if isinstance(width, int):
+        return width
+    was_training = trunk.training
+    trunk.eval()
+    with torch.no_grad():
+        width = int(trunk(torch.zeros(1, 3, image_size, image_size)).shape[-1])
+    trunk.train(was_training)
+    return width
+
+
 def pretrain_trunk(
     trunk: nn.Module,
     corpus: Corpus,
@@ -107,9 +121,12 @@ def pretrain_trunk(
             "image_pretraining.steps: 0 to train the image tower contrastively instead)"
         )
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        num_features = trunk(torch.zeros(1, 3, image_size, image_size)).shape[-1]
-    head = nn.Linear(num_features, len(facts.vocabulary))
+    # Zero-initialised without nn.Linear's random init: a draw from torch's global generator
+    # here would shift another teacher's initialisation running in a parallel thread. (The
+    # trunk's first step then has zero gradient; the head's does not.)
+    head = nn.utils.skip_init(nn.Linear, _num_features(trunk, image_size), len(facts.vocabulary))
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
     both = nn.ModuleDict({"trunk": trunk, "head": head})
     optimizer = adamw(both, cfg.lr, cfg.weight_decay, (0.9, 0.98))
     batch = min(cfg.batch_size, len(usable))

@@ -102,3 +102,23 @@ def test_lit_needs_a_timm_image_tower(tmp_path: Path) -> None:
     boot = with_changes(default_params().teacher_models.bootstrap, steps=1, batch_size=4)
     with pytest.raises(TypeError, match="timm image tower"):
         train_lit("cf-tiny-vit-teacher", corpus, torch.arange(8), boot, pre, label="vit")
+
+
+def test_teachers_trained_in_parallel_threads_equal_those_trained_alone(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    corpus = _corpus(tmp_path)
+    pre = with_changes(default_params().teacher_models.image_pretraining, steps=4, batch_size=8, warmup_steps=1)
+    boots = [with_changes(default_params().teacher_models.bootstrap, steps=4, batch_size=8, seed=s) for s in (0, 1)]
+
+    def train(boot):  # type: ignore[no-untyped-def]
+        return train_lit("cf-tiny-cnn-teacher", corpus, torch.arange(len(corpus)), boot, pre, label="t").model
+
+    alone = [train(b) for b in boots]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(train, boots))
+    for a, b in zip(alone, together, strict=True):
+        for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            assert torch.equal(x, y), name
+    # The two seeds give two different teachers.
+    assert not torch.equal(alone[0].text_projection, alone[1].text_projection)
