@@ -102,11 +102,21 @@ def run(ctx: StageContext) -> StageOutcome:
 
     rows, histories, metrics = [], {}, {}
     for (name, model_name, offset), result in zip(BOOTSTRAP_TEACHERS, results, strict=True):
-        log_history(ctx.tracker, name, result.history, boot.log_every, boot.steps)
+        log_history(ctx.tracker, name, result.history.to_dict("records"), boot.log_every, boot.steps)
+        pretrain_facts: dict[str, float] = {}
         pretrain = result.pretrain_history
         if pretrain is not None and len(pretrain):
             pretrain.to_parquet(out / f"{name}_{PRETRAIN_HISTORY_SUFFIX}", index=False)
-            log_history(ctx.tracker, f"{name}_pretrain", pretrain, boot.log_every, cfg.image_pretraining.steps)
+            log_history(
+                ctx.tracker,
+                f"{name}_pretrain",
+                pretrain.to_dict("records"),
+                boot.log_every,
+                cfg.image_pretraining.steps,
+            )
+            # Mean of the last tenth: the per-batch figure is noisy.
+            tail = pretrain["facts_accuracy"].tail(max(1, len(pretrain) // 10))
+            pretrain_facts["pretrain_facts_accuracy"] = float(tail.mean())
         scale = float(scale_multiplier(result.model.logit_scale.detach()))
         save_model(
             out / name,
@@ -124,12 +134,13 @@ def run(ctx: StageContext) -> StageOutcome:
         loaded = load_model(out / name)
         check = heldout_retrieval(loaded, corpus, held_idx)
         histories[name] = result.history.assign(model=name)
-        facts = {"final_loss": result.final_loss, "train_seconds": result.seconds, **check, "logit_scale": scale}
-        if pretrain is not None and len(pretrain):
-            # Mean of the last tenth: the per-batch figure is noisy.
-            facts["pretrain_facts_accuracy"] = float(
-                pretrain["facts_accuracy"].tail(max(1, len(pretrain) // 10)).mean()
-            )
+        facts = {
+            "final_loss": result.final_loss,
+            "train_seconds": result.seconds,
+            **check,
+            "logit_scale": scale,
+            **pretrain_facts,
+        }
         metrics.update({f"{name}_{k}": float(v) for k, v in facts.items()})
         rows.append(manifest_row(name, loaded, mode="bootstrap", **facts))
         log.info("teacher %s: %s", name, facts)

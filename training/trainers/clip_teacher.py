@@ -62,7 +62,7 @@ def train_clip(
     """Train an open_clip CLIP from scratch with ``ClipLoss``."""
     check_image_size(model_name, cfg)
     model = seeded_model(model_name, cfg.seed)
-    step_loss = _clip_step_loss(model, model_name, corpus, cfg.seed, lambda pixels: model.encode_image(pixels))
+    step_loss = _clip_step_loss(model, model_name, corpus, cfg.seed, model.encode_image)
     return train_loop(model, step_loss, corpus, train_idx, cfg, label=label, tracker=tracker, progress=progress)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import open_clip
 import pandas as pd
@@ -112,18 +113,18 @@ def train_loop(
         }
         rows.append(row)
         if tracker is not None:
-            log_history(tracker, label, pd.DataFrame([row]), cfg.log_every, cfg.steps)
+            log_history(tracker, label, [row], cfg.log_every, cfg.steps)
     model.eval()
     return CorpusTrainResult(model, pd.DataFrame(rows), time.perf_counter() - started)
 
 
-def log_history(tracker: Tracker, label: str, history: pd.DataFrame, log_every: int, total_steps: int) -> None:
-    """Log the rows of every ``log_every``-th step and the last one as ``{label}_{column}``.
+def log_history(tracker: Tracker, label: str, rows: Iterable[dict[str, Any]], log_every: int, total_steps: int) -> None:
+    """Log the history rows of every ``log_every``-th step and the last one as ``{label}_{column}``.
 
-    The one rule for live logging (train_loop) and for logging afterwards (teachers trained in
-    threads, where MLflow's active run, a thread-local, is not visible).
+    The one rule for live logging (train_loop, a row per step) and for logging afterwards
+    (teachers trained in threads, where MLflow's active run, a thread-local, is not visible).
     """
-    for row in history.to_dict("records"):
+    for row in rows:
         step = int(row["step"])
         if step % log_every == 0 or step == total_steps - 1:
             tracker.log_metrics({f"{label}_{k}": float(v) for k, v in row.items() if k != "step"}, step=step)
