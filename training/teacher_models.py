@@ -42,9 +42,9 @@ log = logging.getLogger(__name__)
 
 # Bootstrapped ensemble: (folder name, open_clip config, seed offset). One architecture, two
 # seeds (a deep ensemble): with LiT the image trunk must learn the object's shape from pixels
-# in the stage's budget, which timm's 0.4M-parameter test_resnet does at 0.1 s/step (one
-# core, bf16), where the ViT teacher (6.6x slower per step) and resnet10t (4x) reach less
-# in the same time on the validation split.
+# in the stage's budget, which the 1.2M-parameter cf_scene_resnet (training/models/
+# timm_trunks.py) does at ~0.14 s/step (one core, bf16), where the ViT teacher (~7x slower per
+# step) and resnet10t (~3x) reach less in the same time on the validation split.
 BOOTSTRAP_TEACHERS: tuple[tuple[str, str, int], ...] = (
     ("rn-teacher-0", "cf-tiny-cnn-teacher", 0),
     ("rn-teacher-1", "cf-tiny-cnn-teacher", 1),

@@ -60,7 +60,9 @@ def write_corpus(root: Path, n: int = 40, bad: bool = False, negatives: bool = F
             _add(
                 tar,
                 f"{key}.json",
-                json.dumps({"main": {"color": color, "shape": shape}, "background": "grey"}).encode(),
+                json.dumps(
+                    {"main": {"color": color, "shape": shape, "count": 1}, "texture": "plain", "background": "grey"}
+                ).encode(),
             )
         if bad:
             _add(tar, "bad001.jpg", b"not a jpeg")

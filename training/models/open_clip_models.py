@@ -22,12 +22,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import training.models.timm_trunks  # noqa: F401  (registers cf_scene_resnet in timm's registry)
+
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 MODEL_FILE = "model.json"
 WEIGHTS_FILE = "weights.pt"
 CONFIG_SUBDIR = "open_clip_config"
 
-# clipforge's own small open_clip configs (cf-*) become known to open_clip by name.
+# clipforge's own small open_clip configs (cf-*) become known to open_clip by name (the timm
+# trunks some of them name are registered by importing training.models.timm_trunks, above).
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 

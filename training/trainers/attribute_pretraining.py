@@ -3,14 +3,17 @@
 Real CLIP teachers start from image towers that already see objects; a bootstrapped one that
 learns pixels and words at once from 6000 captions learns the background (what tells most
 pairs of a batch apart) and never the object's shape (docs/stages.md). So the trunk first
-learns to name every fact of the scene the generator recorded (a multi-label head over
-"main.shape=star", "object.color=red", "texture=striped", ...), the head is dropped, and the
-text tower is then tuned against the locked trunk (LiT, Zhai et al. 2022;
-``training.trainers.clip_teacher.train_lit``).
+learns to name the scene facts the generator recorded, one softmax classifier per configured
+KEY.json key ("main.shape" -> circle | square | ..., "texture" -> plain | striped | ...), the
+heads are dropped, and the text tower is then tuned against the locked trunk (LiT, Zhai et al.
+2022; ``training.trainers.clip_teacher.train_lit``).
 
-Facts are read generically from whatever KEY.json holds (nested groups and scalars), so a
-corpus with other attributes works unchanged; samples without KEY.json have no targets and
-are left out of this phase.
+Why a softmax per key and only some keys: one binary decision per "key=value" fact (86 of them
+over all of KEY.json) taught a 0.4M-parameter trunk colour and count but left the shape of a
+lone object at chance after 1200 steps; a softmax per key over all twelve keys did no better
+(0.25 at 1000 steps, 1.2M-parameter trunk), and over the four keys the captions lean on most
+(shape, colour, count, texture) it named the shape 0.575 of the time (validation split, 1000
+steps). Easy facts (position, size, background colour) win the small trunk's capacity first.
 """
 
 from __future__ import annotations
@@ -30,51 +33,63 @@ from clipforge.progress import Progress, no_progress
 from training.data.teacher_corpus import Corpus, random_resized_crop
 from training.optim import adamw, cosine_lr, set_lr
 
-# KEY.json entries that describe the file, not the scene.
-_NOT_FACTS = frozenset({"caption", "width", "height"})
-# Groups of objects: their attributes also count as facts of "some object" ("object.shape=star"
-# whichever group the star is in), which is what a single-object prompt asks.
-_OBJECT_GROUPS = ("main", "extra")
+MISSING = -1  # label of a sample whose KEY.json lacks the key (or holds a value unseen in training)
 
 
-def scene_facts(attributes: dict[str, Any]) -> set[str]:
-    """KEY.json -> {"main.shape=star", "object.shape=star", "texture=striped", ...}."""
-    facts: set[str] = set()
-    for key, value in attributes.items():
-        if key in _NOT_FACTS or value is None:
-            continue
-        if isinstance(value, dict):
-            for attr, attr_value in value.items():
-                if attr_value is None:
-                    continue
-                facts.add(f"{key}.{attr}={attr_value}")
-                if key in _OBJECT_GROUPS:
-                    facts.add(f"object.{attr}={attr_value}")
-        elif isinstance(value, str | int | float | bool):
-            facts.add(f"{key}={value}")
-    return facts
+def scene_value(attributes: dict[str, Any], key: str) -> str | None:
+    """The value at a dotted KEY.json path ("main.shape" -> "star"), as text; None when absent."""
+    value: Any = attributes
+    for part in key.split("."):
+        if not isinstance(value, dict) or value.get(part) is None:
+            return None
+        value = value[part]
+    return None if isinstance(value, dict | list) else str(value)
 
 
 @dataclass(frozen=True)
 class FactTargets:
-    """Multi-hot targets over the facts the training samples show."""
+    """One categorical label per sample and KEY.json key."""
 
-    vocabulary: list[str]
-    targets: torch.Tensor  # [N, V] float 0/1, rows of samples without KEY.json all zero
-    has_facts: torch.Tensor  # [N] bool
+    keys: list[str]
+    classes: list[list[str]]  # per key, the values the training samples show
+    labels: torch.Tensor  # [N, K] long, MISSING where a sample lacks the key
+    has_facts: torch.Tensor  # [N] bool: any key known
+
+    def slices(self) -> list[slice]:
+        """Where each key's logits lie in the concatenated head output."""
+        ends = torch.tensor([len(c) for c in self.classes]).cumsum(0).tolist()
+        return [slice(end - len(c), end) for end, c in zip(ends, self.classes, strict=True)]
 
 
-def fact_targets(attributes: Sequence[dict[str, Any] | None], train_idx: torch.Tensor) -> FactTargets:
-    """The vocabulary is what the training samples show, so held-out facts never shape it."""
-    facts = [scene_facts(a) if a else set() for a in attributes]
-    vocabulary = sorted(set().union(*(facts[i] for i in train_idx.tolist())))
-    column = {fact: j for j, fact in enumerate(vocabulary)}
-    targets = torch.zeros(len(facts), len(vocabulary))
-    for i, sample in enumerate(facts):
-        for fact in sample:
-            if fact in column:
-                targets[i, column[fact]] = 1.0
-    return FactTargets(vocabulary, targets, torch.tensor([bool(f) for f in facts], dtype=torch.bool))
+def fact_targets(
+    attributes: Sequence[dict[str, Any] | None], train_idx: torch.Tensor, keys: Sequence[str]
+) -> FactTargets:
+    """The classes are what the training samples show, so held-out values never shape them."""
+    values = [[scene_value(a, k) if a else None for k in keys] for a in attributes]  # [N][K]
+    train = train_idx.tolist()
+    classes = [sorted({values[i][j] for i in train} - {None}) for j in range(len(keys))]  # type: ignore[type-var]
+    index = [{v: c for c, v in enumerate(cls)} for cls in classes]
+    labels = torch.tensor(
+        [[index[j].get(v, MISSING) if v is not None else MISSING for j, v in enumerate(row)] for row in values],
+        dtype=torch.long,
+    ).reshape(len(values), len(keys))
+    return FactTargets(list(keys), classes, labels, (labels != MISSING).any(dim=1))
+
+
+def facts_loss(logits: torch.Tensor, labels: torch.Tensor, targets: FactTargets) -> tuple[torch.Tensor, float]:
+    """Sum over keys of the mean cross-entropy of the samples that have the key; and the mean
+    top-1 accuracy over (sample, key) pairs with a label. logits [B, sum classes], labels [B, K]."""
+    loss = logits.new_zeros(())
+    correct = known = 0
+    for k, part in enumerate(targets.slices()):
+        label = labels[:, k]
+        has = label != MISSING
+        if not has.any():
+            continue
+        loss = loss + F.cross_entropy(logits[has, part], label[has])
+        correct += int((logits[has, part].argmax(1) == label[has]).sum())
+        known += int(has.sum())
+    return loss, correct / max(known, 1)
 
 
 def _num_features(trunk: nn.Module, image_size: int) -> int:
@@ -106,25 +121,28 @@ def pretrain_trunk(
 ) -> pd.DataFrame:
     """Train ``trunk`` (pixels [B, 3, S, S] -> pooled features [B, F]) to predict each scene's facts.
 
-    A linear head over the pooled features, binary cross-entropy per fact summed over facts
-    (so each fact weighs as one binary decision), random resized crops as the CLIP phase uses.
-    Returns the history (step, lr, loss, facts_accuracy); the head is discarded.
+    A linear head over the pooled features with one softmax per ``cfg.facts`` key, the keys'
+    cross-entropies summed, random resized crops as the CLIP phase uses. Returns the history
+    (step, lr, loss, facts_accuracy); the head is discarded.
     """
     if cfg.steps == 0:
         return pd.DataFrame(columns=["step", "lr", "loss", "facts_accuracy"])
-    facts = fact_targets(corpus.attributes, train_idx)
+    facts = fact_targets(corpus.attributes, train_idx, cfg.facts)
     usable = train_idx[facts.has_facts[train_idx]]
-    if len(usable) < 2 or not facts.vocabulary:
+    if len(usable) < 2:
         raise ValueError(
             f"{label}: image_pretraining needs KEY.json scene attributes in the teacher corpus; "
-            f"{len(usable)} of {len(train_idx)} training samples have any (set teacher_models."
-            "image_pretraining.steps: 0 to train the image tower contrastively instead)"
+            f"{len(usable)} of {len(train_idx)} training samples have any of {list(cfg.facts)} (set "
+            "teacher_models.image_pretraining.steps: 0 to train the image tower contrastively instead)"
         )
+    absent = [k for k, c in zip(facts.keys, facts.classes, strict=True) if not c]
+    if absent:
+        raise ValueError(f"{label}: image_pretraining.facts {absent} name no KEY.json value of any training sample")
     gen = torch.Generator().manual_seed(seed)
     # Zero-initialised without nn.Linear's random init: a draw from torch's global generator
     # here would shift another teacher's initialisation running in a parallel thread. (The
     # trunk's first step then has zero gradient; the head's does not.)
-    head = nn.utils.skip_init(nn.Linear, _num_features(trunk, image_size), len(facts.vocabulary))
+    head = nn.utils.skip_init(nn.Linear, _num_features(trunk, image_size), sum(len(c) for c in facts.classes))
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     both = nn.ModuleDict({"trunk": trunk, "head": head})
@@ -139,15 +157,13 @@ def pretrain_trunk(
         idx = usable[torch.randint(0, len(usable), (batch,), generator=gen)]
         pixels = (random_resized_crop(corpus.images[idx], image_size, gen) - mean) / std
         with autocast:
-            logits = head(trunk(pixels)).float()  # [B, V]
-        target = facts.targets[idx]
-        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / batch
+            logits = head(trunk(pixels)).float()  # [B, sum of classes]
+        loss, accuracy = facts_loss(logits, facts.labels[idx], facts)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{label}: pretraining loss became {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        accuracy = float(((logits.detach() > 0).float() == target).float().mean())
         rows.append({"step": step, "lr": lr, "loss": float(loss.detach()), "facts_accuracy": accuracy})
     trunk.eval()
     return pd.DataFrame(rows)

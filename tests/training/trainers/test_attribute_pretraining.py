@@ -6,37 +6,52 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.conftest import default_params, with_changes
 from tests.training.corpus_helpers import write_corpus
 from training.data.embedded_layout import TEACHER_SHARDS_DIR
 from training.data.teacher_corpus import read_corpus
-from training.trainers.attribute_pretraining import fact_targets, pretrain_trunk, scene_facts
+from training.trainers.attribute_pretraining import MISSING, fact_targets, facts_loss, pretrain_trunk, scene_value
 from training.trainers.clip_teacher import train_lit
 
 
-def test_scene_facts_cover_groups_scalars_and_any_object() -> None:
+def test_scene_value_reads_dotted_keys_as_text() -> None:
     attrs = {
-        "main": {"shape": "star", "color": "red", "count": 2, "position": "left"},
-        "extra": {"shape": "heart", "color": "blue", "position": None},
+        "main": {"shape": "star", "color": "red", "count": 2, "position": None},
+        "extra": None,
         "texture": "striped",
-        "background": "green",
-        "caption": "two red stars ...",  # describes the file: not a fact
-        "width": 96,
     }
-    facts = scene_facts(attrs)
-    assert {"main.shape=star", "main.count=2", "extra.shape=heart", "texture=striped", "background=green"} <= facts
-    # Either group's shape is a shape "some object" has: what a one-object prompt asks.
-    assert {"object.shape=star", "object.shape=heart", "object.color=blue"} <= facts
-    assert not any(f.startswith(("caption", "width", "extra.position")) for f in facts)
+    assert scene_value(attrs, "main.shape") == "star"
+    assert scene_value(attrs, "main.count") == "2"  # one class per value, whatever its JSON type
+    assert scene_value(attrs, "texture") == "striped"
+    for absent in ("main.position", "extra.shape", "background", "main"):  # None, missing, or a group
+        assert scene_value(attrs, absent) is None
 
 
-def test_fact_vocabulary_comes_from_training_samples_only() -> None:
-    attrs = [{"texture": "plain"}, {"texture": "dotted"}, None, {"texture": "striped"}]
-    targets = fact_targets(attrs, torch.tensor([0, 1, 2]))
-    assert targets.vocabulary == ["texture=dotted", "texture=plain"]  # sample 3 is held out
-    assert targets.targets.tolist() == [[0, 1], [1, 0], [0, 0], [0, 0]]
-    assert targets.has_facts.tolist() == [True, True, False, True]
+def test_fact_classes_come_from_training_samples_only() -> None:
+    attrs = [{"texture": "plain"}, {"texture": "dotted"}, None, {"texture": "striped"}, {"shape": "x"}]
+    targets = fact_targets(attrs, torch.tensor([0, 1, 2, 4]), ["texture"])
+    assert targets.classes == [["dotted", "plain"]]  # sample 3 is held out
+    # The held-out sample's unseen value and the samples without the key carry no label.
+    assert targets.labels[:, 0].tolist() == [1, 0, MISSING, MISSING, MISSING]
+    assert targets.has_facts.tolist() == [True, True, False, False, False]
+
+
+def test_facts_loss_is_a_softmax_per_key_over_labelled_samples() -> None:
+    targets = fact_targets([{"a": "x", "b": "p"}, {"a": "y", "b": "q"}, {"a": "z"}], torch.arange(3), ["a", "b"])
+    assert [s.start for s in targets.slices()] == [0, 3] and targets.labels[2, 1] == MISSING
+    logits = torch.randn(3, 5)
+    loss, _ = facts_loss(logits, targets.labels, targets)
+    expected = F.cross_entropy(logits[:, :3], targets.labels[:, 0]) + F.cross_entropy(
+        logits[:2, 3:], targets.labels[:2, 1]
+    )
+    assert torch.allclose(loss, expected)
+    perfect = torch.zeros(3, 5)
+    perfect[torch.arange(3), targets.labels[:, 0]] = 9.0
+    perfect[torch.arange(2), 3 + targets.labels[:2, 1]] = 9.0
+    assert facts_loss(perfect, targets.labels, targets)[1] == 1.0
+    assert facts_loss(-perfect, targets.labels, targets)[1] == 0.0
 
 
 def _corpus(tmp_path: Path, n: int = 32):
@@ -94,6 +109,16 @@ def test_lit_locks_the_trunk_and_tunes_text_and_projection(tmp_path: Path) -> No
     init = seeded_model("cf-tiny-cnn-teacher", boot.seed)
     assert not torch.equal(result.model.visual.head.proj.weight, init.visual.head.proj.weight)
     assert not torch.equal(result.model.text_projection, init.text_projection)
+
+
+def test_pretraining_on_facts_the_corpus_lacks_is_a_clear_error(tmp_path: Path) -> None:
+    corpus = _corpus(tmp_path, n=8)
+    pre = with_changes(
+        default_params().teacher_models.image_pretraining, steps=1, batch_size=4, facts=["main.shape", "size"]
+    )
+    boot = with_changes(default_params().teacher_models.bootstrap, steps=1, batch_size=4)
+    with pytest.raises(ValueError, match=r"\['size'\] name no KEY\.json value"):
+        train_lit("cf-tiny-cnn-teacher", corpus, torch.arange(8), boot, pre, label="t")
 
 
 def test_lit_needs_a_timm_image_tower(tmp_path: Path) -> None:
