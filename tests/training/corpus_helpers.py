@@ -61,7 +61,11 @@ def write_corpus(root: Path, n: int = 40, bad: bool = False, negatives: bool = F
                 tar,
                 f"{key}.json",
                 json.dumps(
-                    {"main": {"color": color, "shape": shape, "count": 1}, "texture": "plain", "background": "grey"}
+                    {
+                        "main": {"color": color, "shape": shape, "count": 1, "size": "large", "position": "center"},
+                        "texture": "plain",
+                        "background": "grey",
+                    }
                 ).encode(),
             )
         if bad:

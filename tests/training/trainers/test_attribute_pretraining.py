@@ -31,7 +31,7 @@ def test_scene_value_reads_dotted_keys_as_text() -> None:
 
 def test_fact_classes_come_from_training_samples_only() -> None:
     attrs = [{"texture": "plain"}, {"texture": "dotted"}, None, {"texture": "striped"}, {"shape": "x"}]
-    targets = fact_targets(attrs, torch.tensor([0, 1, 2, 4]), ["texture"])
+    targets = fact_targets(attrs, torch.tensor([0, 1, 2, 4]), {"texture": 1.0})
     assert targets.classes == [["dotted", "plain"]]  # sample 3 is held out
     # The held-out sample's unseen value and the samples without the key carry no label.
     assert targets.labels[:, 0].tolist() == [1, 0, MISSING, MISSING, MISSING]
@@ -39,11 +39,13 @@ def test_fact_classes_come_from_training_samples_only() -> None:
 
 
 def test_facts_loss_is_a_softmax_per_key_over_labelled_samples() -> None:
-    targets = fact_targets([{"a": "x", "b": "p"}, {"a": "y", "b": "q"}, {"a": "z"}], torch.arange(3), ["a", "b"])
+    targets = fact_targets(
+        [{"a": "x", "b": "p"}, {"a": "y", "b": "q"}, {"a": "z"}], torch.arange(3), {"a": 1.0, "b": 0.5}
+    )
     assert [s.start for s in targets.slices()] == [0, 3] and targets.labels[2, 1] == MISSING
     logits = torch.randn(3, 5)
     loss, _ = facts_loss(logits, targets.labels, targets)
-    expected = F.cross_entropy(logits[:, :3], targets.labels[:, 0]) + F.cross_entropy(
+    expected = F.cross_entropy(logits[:, :3], targets.labels[:, 0]) + 0.5 * F.cross_entropy(
         logits[:2, 3:], targets.labels[:2, 1]
     )
     assert torch.allclose(loss, expected)
@@ -114,7 +116,7 @@ def test_lit_locks_the_trunk_and_tunes_text_and_projection(tmp_path: Path) -> No
 def test_pretraining_on_facts_the_corpus_lacks_is_a_clear_error(tmp_path: Path) -> None:
     corpus = _corpus(tmp_path, n=8)
     pre = with_changes(
-        default_params().teacher_models.image_pretraining, steps=1, batch_size=4, facts=["main.shape", "size"]
+        default_params().teacher_models.image_pretraining, steps=1, batch_size=4, facts={"main.shape": 1.0, "size": 1.0}
     )
     boot = with_changes(default_params().teacher_models.bootstrap, steps=1, batch_size=4)
     with pytest.raises(ValueError, match=r"\['size'\] name no KEY\.json value"):
