@@ -127,7 +127,7 @@ def pretrain_trunk(
     """Train ``trunk`` (pixels [B, 3, S, S] -> pooled features [B, F]) to predict each scene's facts.
 
     A linear head over the pooled features with one softmax per ``cfg.facts`` key, the keys'
-    cross-entropies summed, random resized crops as the CLIP phase uses. Returns the history
+    cross-entropies summed with their weights, random resized crops as the CLIP phase uses. Returns the history
     (step, lr, loss, facts_accuracy); the head is discarded.
     """
     if cfg.steps == 0:
