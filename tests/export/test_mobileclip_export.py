@@ -121,7 +121,8 @@ def test_coreml_packages_have_the_documented_interface(exported: Exported) -> No
     assert info.image_size == {"MobileCLIP-nano": 64, "MobileCLIP-S0": 256}[info.variant]
     assert image_type.ColorSpace.Name(image_type.colorSpace) == "RGB"
     (token_input,) = text.description.input
-    assert token_input.name == "tokens" and tuple(token_input.type.multiArrayType.shape) == (1, 77)
+    assert token_input.name == "tokens" and tuple(token_input.type.multiArrayType.shape) == (1, info.context_length)
+    assert info.context_length == {"MobileCLIP-nano": 32, "MobileCLIP-S0": 77}[info.variant]
     assert token_input.type.multiArrayType.dataType == FEATURE_TYPES.ArrayFeatureType.INT32
     for spec, tower in ((image, "image"), (text, "text")):
         assert spec.WhichOneof("Type") == "mlProgram" and spec.specificationVersion == ct.target.iOS17.value

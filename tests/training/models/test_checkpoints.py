@@ -51,11 +51,11 @@ def _scrambled(variant: str, seed: int = 0) -> StudentClip:
     return student
 
 
-def _inputs(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two [0, 1] images and two 77-token captions (EOT, then zero padding)."""
+def _inputs(size: int, length: int = 77) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two [0, 1] images and two ``length``-token captions (EOT, then zero padding)."""
     generator = torch.Generator().manual_seed(1)
     pixels = torch.rand(2, 3, size, size, generator=generator)
-    tokens = torch.randint(1, EOT - 2, (2, 77), generator=generator)
+    tokens = torch.randint(1, EOT - 2, (2, length), generator=generator)
     for row, eot in enumerate((9, 20)):
         tokens[row, eot] = EOT
         tokens[row, eot + 1 :] = 0
@@ -64,7 +64,7 @@ def _inputs(size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.no_grad()
 def _embeddings(student: StudentClip, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    pixels, tokens = _inputs(size)
+    pixels, tokens = _inputs(size, student.info.context_length)
     return student.encode_image(pixels), student.encode_text(tokens)
 
 

@@ -64,7 +64,9 @@ _NANO_IMAGE = ImageTowerConfig(
     },
 )
 
-_NANO_TEXT = TextTowerConfig(kind="mct", width=128, heads=4, transformer_layers=2, causal=False)
+# 32 tokens, as the teachers' configs: the embedded captions are at most 32 tokens long (SOT and
+# EOT included), and 77 positions made the text tower 2x the image tower's cost per step.
+_NANO_TEXT = TextTowerConfig(kind="mct", width=128, heads=4, transformer_layers=2, causal=False, context_length=32)
 
 
 def _variants() -> dict[str, MobileClipConfig]:

@@ -140,7 +140,7 @@ def test_nano_forward_shapes_and_size() -> None:
     assert image + text < 10_000_000  # CPU-sized
     assert model.image_tower is model.visual and model.text_tower is model.text
     with torch.no_grad():
-        image_features, text_features = model(torch.rand(3, 3, 64, 64), _tokens(2))
+        image_features, text_features = model(torch.rand(3, 3, 64, 64), _tokens(2, model.text.context_length))
     assert image_features.shape == (3, 128) and text_features.shape == (2, 128)
     assert torch.isfinite(image_features).all() and torch.isfinite(text_features).all()
     # Features come out un-normalised (callers normalise).
@@ -159,10 +159,10 @@ def test_nano_fold_matches_unfolded() -> None:
     model = build_mobileclip("nano")
     randomise_branches(model)
     model.eval()
-    pixels, tokens = torch.rand(4, 3, 64, 64), _tokens(4)
+    pixels, tokens = torch.rand(4, 3, 64, 64), _tokens(4, model.text.context_length)
     # The Text-RepMixer branches must matter, or the tolerance below proves nothing.
     block = next(m for m in model.modules() if isinstance(m, TextRepMixerBlock))
-    probe = torch.randn(2, 77, 128)
+    probe = torch.randn(2, model.text.context_length, 128)
     with torch.no_grad():
         assert float((block(probe) - probe).abs().max()) > 0.05
     folded = _fold_copy(model)
@@ -245,7 +245,7 @@ def test_base_b_text_tower_is_causal() -> None:
 def test_non_causal_text_sees_later_tokens() -> None:
     torch.manual_seed(0)
     text = build_text_tower(variant_config("nano")).eval()
-    tokens = _tokens(2, eot_at=30)
+    tokens = _tokens(2, text.context_length, eot_at=30)
     changed = tokens.clone()
     changed[:, 10] = 1234
     with torch.no_grad():
@@ -256,10 +256,11 @@ def test_non_causal_text_sees_later_tokens() -> None:
 def test_eot_pooling_takes_the_highest_token_position() -> None:
     torch.manual_seed(0)
     text = build_text_tower(variant_config("nano")).eval()
-    tokens = torch.cat([_tokens(1, eot_at=3, seed=3), _tokens(1, eot_at=50, seed=4)])
+    length = text.context_length
+    tokens = torch.cat([_tokens(1, length, eot_at=3, seed=3), _tokens(1, length, eot_at=length - 2, seed=4)])
     with torch.no_grad():
         per_position = text.forward_tokens(tokens)
-        expected = text.text_projection(torch.stack([per_position[0, 3], per_position[1, 50]]))
+        expected = text.text_projection(torch.stack([per_position[0, 3], per_position[1, length - 2]]))
         assert torch.allclose(text(tokens), expected)
 
 
