@@ -130,16 +130,15 @@ def params_with(**sections: dict[str, Any]) -> Params:
     return Params.model_validate(data)
 
 
+# Apple's DataCompDR generator settings (docs/method.md §2.4) as ``sample_aug_params`` keywords.
+# The format and replay tests use them rather than params.yaml's, which turns RandAugment off for
+# the embedded scenes: every op must still record, replay and validate.
+APPLE_AUG_SETTINGS: dict[str, Any] = {"scale": (0.08, 1.0), "num_ops": 2, "magnitude": 9, "num_bins": 31}
+
+
 def aug_settings(**changes: Any) -> dict[str, Any]:
-    """params.yaml's augmentation settings as ``sample_aug_params`` keywords (scale, ops, magnitude, bins)."""
-    cfg = default_params().reinforced_dataset
-    settings = {
-        "scale": tuple(cfg.crop_scale),
-        "num_ops": cfg.rand_augment_ops,
-        "magnitude": cfg.rand_augment_magnitude,
-        "num_bins": cfg.rand_augment_bins,
-    }
-    return {**settings, **changes}
+    """Apple's augmentation settings (scale, ops, magnitude, bins), some changed."""
+    return {**APPLE_AUG_SETTINGS, **changes}
 
 
 @pytest.fixture(scope="session")
