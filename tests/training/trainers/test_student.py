@@ -166,9 +166,13 @@ def test_gradient_accumulation_matches_the_whole_batch(accum_steps: int) -> None
     (Gradients, not weights after Adam: its first steps are ~lr * sign(g), which turns 1e-7
     float-order noise in near-zero gradients into 1e-3 differences.)"""
     kd = {"crd": 1.0, "icl": 1.0, "fd": 100.0, "mfd": 10.0, "gd": 0.0, "afd": 0.0}
+    # The loss tolerance below holds for the float noise that Adam's sign-like first steps carry
+    # into steps 2-3, which scales with lr: pinned at the lr it was set for, not params.yaml's
+    # (at 0.024 step 3's loss differs by 2.8e-5 relative with 4 micro-batches).
+    lr = 0.006
     runs = []
     for accum in (1, accum_steps):
-        cfg = section("student_model", steps=3, batch_size=8, warmup_steps=1, seed=4, accum_steps=accum, kd=kd)
+        cfg = section("student_model", steps=3, batch_size=8, warmup_steps=1, seed=4, accum_steps=accum, kd=kd, lr=lr)
         torch.manual_seed(cfg.seed)
         model = build_student("tiny-vit")
         grads: list[dict[str, torch.Tensor]] = []
