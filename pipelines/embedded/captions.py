@@ -28,7 +28,7 @@ _FULL_TEMPLATES: tuple[str, ...] = (
     "a drawing of {objs} {pos_of_main}, on {bg}",
     "an image showing {objs} on {bg}",
 )
-_SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
+SIZE_WORDS = {"small": ("small", "little"), "large": ("large", "big")}
 _TEXTURE_WORDS = {
     "plain": ("plain", "solid", ""),
     "striped": ("striped",),
@@ -64,7 +64,7 @@ def group_phrase(
     """ "two large red circles", "a small blue star"; attributes can be left out (partial captions)."""
     words: list[str] = []
     if with_size:
-        words.append(pick_word(rng, _SIZE_WORDS[group.size]))
+        words.append(pick_word(rng, SIZE_WORDS[group.size]))
     if with_color:
         words.append(group.color)
     plural = group.count > 1

@@ -9,9 +9,35 @@ from pathlib import Path
 from PIL import Image
 
 from pipelines import embedded_corpus as ec
-from pipelines.embedded import scenes
+from pipelines.embedded import captions, scenes
 from tests.pipelines.embedded.conftest import CFG
 from training.data.tar_shards import iter_tar_samples
+
+
+def _missing_attributes(text: str, attrs: dict) -> list[str]:
+    """What of the main group's phrase ("three little blue squares") and the background's colour
+    a caption leaves out. The phrase runs count, size, colour, shape (or "shapes"/"objects"), so
+    colour and size are read just before the shape word: the background may share the colour."""
+    main = attrs["main"]
+    words = text.lower().replace(",", "").split()
+    shape, count = main["shape"], int(main["count"])
+    nouns = {shape, scenes.SHAPE_PLURALS[shape], "shape", "shapes", "object", "objects"}
+    at = next((i for i, w in enumerate(words) if w in nouns), None)
+    if at is None:
+        return ["shape", "color", "size", "count"]
+    before = words[max(0, at - 3) : at]
+    missing = [
+        name
+        for name, named in (
+            ("shape", words[at] in {shape, scenes.SHAPE_PLURALS[shape]}),
+            ("color", before[-1:] == [main["color"]]),
+            ("size", any(w in captions.SIZE_WORDS[main["size"]] for w in before)),
+            ("count", count == 1 or scenes.COUNT_WORDS[count - 1] in before),
+            ("background", f"{attrs['background']} background" in " ".join(words)),
+        )
+        if not named
+    ]
+    return missing
 
 
 def test_teacher_corpus_members_and_attributes(tmp_path: Path) -> None:
@@ -26,8 +52,11 @@ def test_teacher_corpus_members_and_attributes(tmp_path: Path) -> None:
         assert attrs["caption"] == caption
         assert attrs["main"]["shape"] in scenes.SHAPES and attrs["texture"] in scenes.TEXTURES
         assert attrs["main"]["color"] in caption.split()
-        # Then the partial captions: each names less than the full one, none is empty.
-        assert len(partial) == CFG.teacher_partial_captions and all(0 < len(p) < len(caption) for p in partial)
+        # Then the partial captions: each leaves out something the full one names, none is empty.
+        assert len(partial) == CFG.teacher_partial_captions
+        assert not _missing_attributes(caption, attrs)
+        for text in partial:
+            assert text and _missing_attributes(text, attrs), (caption, text)
         with Image.open(io.BytesIO(sample["jpg"])) as image:
             assert image.size == (CFG.image_size, CFG.image_size)
 
