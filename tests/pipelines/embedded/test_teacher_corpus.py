@@ -26,7 +26,7 @@ def _missing_attributes(text: str, attrs: dict) -> list[str]:
     if at is None:
         return ["shape", "color", "size", "count"]
     before = words[max(0, at - 3) : at]
-    missing = [
+    return [
         name
         for name, named in (
             ("shape", words[at] in {shape, scenes.SHAPE_PLURALS[shape]}),
@@ -37,7 +37,6 @@ def _missing_attributes(text: str, attrs: dict) -> list[str]:
         )
         if not named
     ]
-    return missing
 
 
 def test_teacher_corpus_members_and_attributes(tmp_path: Path) -> None:
