@@ -149,6 +149,10 @@ class CaptionerModelConfig(_Section):
     mode: Literal["bootstrap", "pretrained"]
     captioner: OpenClipSpec | None
     bootstrap: BootstrapTrainConfig
+    # KEY.json key -> weight of a scene-facts cross-entropy on the bootstrapped CoCa's pooled
+    # image output, added to its loss times facts_weight; {} for none.
+    facts: dict[str, Positive]
+    facts_weight: Annotated[float, Field(ge=0)]
     # Nucleus mass of the captions sampled for the bootstrapped captioner's held-out check.
     heldout_top_p: Annotated[float, Field(gt=0, le=1)]
 

@@ -49,7 +49,16 @@ def run(ctx: StageContext) -> StageOutcome:
     boot = cfg.bootstrap
     corpus = load_teacher_corpus(ctx.inputs["embedded_corpus"], boot.image_size, ctx.progress)
     train_idx, held_idx = holdout_split(len(corpus), HOLDOUT_FRACTION, boot.seed)
-    result, vocab = train_coca(BOOTSTRAP_CAPTIONER, corpus, train_idx, boot, tracker=ctx.tracker, progress=ctx.progress)
+    result, vocab = train_coca(
+        BOOTSTRAP_CAPTIONER,
+        corpus,
+        train_idx,
+        boot,
+        cfg.facts,
+        cfg.facts_weight,
+        tracker=ctx.tracker,
+        progress=ctx.progress,
+    )
     scale = float(scale_multiplier(result.model.logit_scale.detach()))
     save_model(
         folder,

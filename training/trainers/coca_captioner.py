@@ -11,9 +11,11 @@ exploits the same zero columns when it samples.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from open_clip.loss import CoCaLoss
 from torch import nn
 
@@ -23,6 +25,7 @@ from clipforge.stage_api import Tracker
 from training.data.teacher_corpus import Corpus
 from training.models import coca_sampling
 from training.models.open_clip_models import fresh_model
+from training.trainers.attribute_pretraining import fact_targets, facts_loss
 from training.trainers.corpus_loop import CorpusTrainResult, check_image_size, tokenize, train_loop
 
 # open_clip's CoCa defaults (--coca-caption-loss-weight 2, --coca-contrastive-loss-weight 1).
@@ -63,18 +66,20 @@ class CaptionVocab:
 
 def coca_losses(
     model: nn.Module, pixels: torch.Tensor, tokens: torch.Tensor, vocab: CaptionVocab, loss_fn: CoCaLoss
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(contrastive, caption) losses of open_clip's ``CoCaLoss`` with the lumped vocabulary.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(contrastive, caption) losses of open_clip's ``CoCaLoss`` with the lumped vocabulary, and
+    the image tower's pooled output [B, D] before normalisation (what the facts head reads).
 
     Same teacher forcing as ``CoCa.forward``: the decoder reads tokens[:, :-1] and predicts
     tokens[:, 1:]; padding labels map to column 0, ``CoCaLoss``'s ignore index.
     """
-    image_latent, image_embs = model._encode_image(pixels)
+    pooled, image_embs = model.visual(pixels)  # CoCa._encode_image, keeping the unnormalised pool
     text_latent, token_embs = model._encode_text(tokens)
     hidden = coca_sampling.decoder_hidden(model.text_decoder, image_embs, token_embs[:, :-1])
     logits = vocab.restricted_logits(hidden, model.text_decoder.text_projection)
     labels = vocab.column[tokens[:, 1:]]
-    return loss_fn(image_latent, text_latent, logits, labels, model.logit_scale.exp())
+    contrastive, caption = loss_fn(F.normalize(pooled, dim=-1), text_latent, logits, labels, model.logit_scale.exp())
+    return contrastive, caption, pooled
 
 
 def train_coca(
@@ -82,12 +87,21 @@ def train_coca(
     corpus: Corpus,
     train_idx: torch.Tensor,
     cfg: BootstrapTrainConfig,
+    facts: Mapping[str, float],
+    facts_weight: float,
     *,
     label: str = "captioner",
     tracker: Tracker | None = None,
     progress: Progress = no_progress,
 ) -> tuple[CorpusTrainResult, CaptionVocab]:
-    """Train an open_clip CoCa from scratch with ``CoCaLoss`` (caption + contrastive terms)."""
+    """Train an open_clip CoCa from scratch with ``CoCaLoss`` (caption + contrastive terms).
+
+    ``facts`` (KEY.json key -> weight, empty for none) adds ``facts_weight`` x the teachers'
+    scene-facts cross-entropy (``training.trainers.attribute_pretraining``) of a linear head on
+    the image tower's pooled output: the caption loss alone leaves the ViT naming the
+    background's colour, the facts tell it which colour is the object's (docs/stages.md). The
+    head is dropped after training, so the saved folder is open_clip's CoCa.
+    """
     check_image_size(model_name, cfg)
     torch.manual_seed(cfg.seed)
     model = fresh_model(model_name)
@@ -105,14 +119,30 @@ def train_coca(
         projection.normal_(0.0, projection.shape[0] ** -0.5)
         projection[:, ~keep] = 0.0
     loss_fn = CoCaLoss(caption_loss_weight=COCA_CAPTION_WEIGHT, clip_loss_weight=COCA_CONTRASTIVE_WEIGHT)
+    targets = fact_targets(corpus.attributes, train_idx, facts) if facts else None
+    if targets is not None:
+        absent = [k for k, c in zip(targets.keys, targets.classes, strict=True) if not c]
+        if absent:
+            raise ValueError(f"{label}: captioner_model.facts {absent} name no KEY.json value of any training sample")
+        # Zero-initialised, and attached to the model only while it trains: train_loop
+        # optimises the model's parameters.
+        head = nn.Linear(model.visual.output_dim, sum(len(c) for c in targets.classes))
+        nn.init.zeros_(head.weight)
+        nn.init.zeros_(head.bias)
+        model.add_module("facts_head", head)
 
     def step_loss(pixels: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         # The full caption of each image (KEY.txt's first line): what the captioner should say.
-        contrastive, caption = coca_losses(model, pixels, tokens[idx], vocab, loss_fn)
-        return contrastive + caption, {
-            "contrastive_loss": float(contrastive.detach()),
-            "caption_loss": float(caption.detach()),
-        }
+        contrastive, caption, pooled = coca_losses(model, pixels, tokens[idx], vocab, loss_fn)
+        parts = {"contrastive_loss": float(contrastive.detach()), "caption_loss": float(caption.detach())}
+        loss = contrastive + caption
+        if targets is not None:
+            fact_loss, accuracy = facts_loss(model.facts_head(pooled).float(), targets.labels[idx], targets)
+            loss = loss + facts_weight * fact_loss
+            parts.update(facts_loss=float(fact_loss.detach()), facts_accuracy=accuracy)
+        return loss, parts
 
     result = train_loop(model, step_loss, corpus, train_idx, cfg, label=label, tracker=tracker, progress=progress)
+    if targets is not None:
+        del result.model.facts_head
     return result, vocab
