@@ -99,8 +99,8 @@ def train_coca(
     ``facts`` (KEY.json key -> weight, empty for none) adds ``facts_weight`` x the teachers'
     scene-facts cross-entropy (``training.trainers.attribute_pretraining``) of a linear head on
     the image tower's pooled output: the caption loss alone leaves the ViT naming the
-    background's colour, the facts tell it which colour is the object's (docs/stages.md). The
-    head is dropped after training, so the saved folder is open_clip's CoCa.
+    background's colour, the facts tell it which colour is the object's (measured in params.yaml's
+    comment). The head is dropped after training, so the saved folder is open_clip's CoCa.
     """
     check_image_size(model_name, cfg)
     torch.manual_seed(cfg.seed)
@@ -124,9 +124,10 @@ def train_coca(
         absent = [k for k, c in zip(targets.keys, targets.classes, strict=True) if not c]
         if absent:
             raise ValueError(f"{label}: captioner_model.facts {absent} name no KEY.json value of any training sample")
-        # Zero-initialised, and attached to the model only while it trains: train_loop
-        # optimises the model's parameters.
-        head = nn.Linear(model.visual.output_dim, sum(len(c) for c in targets.classes))
+        # Zero-initialised without nn.Linear's random init (no draw from torch's global
+        # generator), and attached to the model only while it trains: train_loop optimises the
+        # model's parameters.
+        head = nn.utils.skip_init(nn.Linear, model.visual.output_dim, sum(len(c) for c in targets.classes))
         nn.init.zeros_(head.weight)
         nn.init.zeros_(head.bias)
         model.add_module("facts_head", head)
@@ -137,7 +138,7 @@ def train_coca(
         parts = {"contrastive_loss": float(contrastive.detach()), "caption_loss": float(caption.detach())}
         loss = contrastive + caption
         if targets is not None:
-            fact_loss, accuracy = facts_loss(model.facts_head(pooled).float(), targets.labels[idx], targets)
+            fact_loss, accuracy = facts_loss(model.facts_head(pooled), targets.labels[idx], targets)
             loss = loss + facts_weight * fact_loss
             parts.update(facts_loss=float(fact_loss.detach()), facts_accuracy=accuracy)
         return loss, parts
