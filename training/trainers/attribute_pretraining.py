@@ -81,6 +81,27 @@ def fact_targets(
     return FactTargets(keys, [float(weights[k]) for k in keys], classes, labels, (labels != MISSING).any(dim=1))
 
 
+def check_known(targets: FactTargets, setting: str) -> None:
+    """A clear error when a configured key names no value of any training sample (``setting``
+    names the config key in the message)."""
+    absent = [k for k, c in zip(targets.keys, targets.classes, strict=True) if not c]
+    if absent:
+        raise ValueError(f"{setting} {absent} name no KEY.json value of any training sample")
+
+
+def zero_head(in_features: int, targets: FactTargets) -> nn.Linear:
+    """The facts head: [B, in_features] -> [B, sum of classes], zero so it starts uniform.
+
+    Without nn.Linear's random init: a draw from torch's global generator here would shift
+    another teacher's initialisation running in a parallel thread, and every later draw of the
+    run. The trunk's first step then has zero gradient; the head's does not.
+    """
+    head = nn.utils.skip_init(nn.Linear, in_features, sum(len(c) for c in targets.classes))
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
 def facts_loss(logits: torch.Tensor, labels: torch.Tensor, targets: FactTargets) -> tuple[torch.Tensor, float]:
     """Weighted sum over keys of the mean cross-entropy of the samples that have the key; and the mean
     top-1 accuracy over (sample, key) pairs with a label. logits [B, sum classes], labels [B, K]."""
@@ -140,16 +161,9 @@ def pretrain_trunk(
             f"{len(usable)} of {len(train_idx)} training samples have any of {list(cfg.facts)} (set "
             "teacher_models.image_pretraining.steps: 0 to train the image tower contrastively instead)"
         )
-    absent = [k for k, c in zip(facts.keys, facts.classes, strict=True) if not c]
-    if absent:
-        raise ValueError(f"{label}: image_pretraining.facts {absent} name no KEY.json value of any training sample")
+    check_known(facts, f"{label}: image_pretraining.facts")
     gen = torch.Generator().manual_seed(seed)
-    # Zero-initialised without nn.Linear's random init: a draw from torch's global generator
-    # here would shift another teacher's initialisation running in a parallel thread. (The
-    # trunk's first step then has zero gradient; the head's does not.)
-    head = nn.utils.skip_init(nn.Linear, _num_features(trunk, image_size), sum(len(c) for c in facts.classes))
-    nn.init.zeros_(head.weight)
-    nn.init.zeros_(head.bias)
+    head = zero_head(_num_features(trunk, image_size), facts)
     both = nn.ModuleDict({"trunk": trunk, "head": head})
     optimizer = adamw(both, cfg.lr, cfg.weight_decay, (0.9, 0.98))
     batch = min(cfg.batch_size, len(usable))

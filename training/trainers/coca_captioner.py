@@ -25,7 +25,7 @@ from clipforge.stage_api import Tracker
 from training.data.teacher_corpus import Corpus
 from training.models import coca_sampling
 from training.models.open_clip_models import fresh_model
-from training.trainers.attribute_pretraining import fact_targets, facts_loss
+from training.trainers.attribute_pretraining import check_known, fact_targets, facts_loss, zero_head
 from training.trainers.corpus_loop import CorpusTrainResult, check_image_size, tokenize, train_loop
 
 # open_clip's CoCa defaults (--coca-caption-loss-weight 2, --coca-contrastive-loss-weight 1).
@@ -121,16 +121,9 @@ def train_coca(
     loss_fn = CoCaLoss(caption_loss_weight=COCA_CAPTION_WEIGHT, clip_loss_weight=COCA_CONTRASTIVE_WEIGHT)
     targets = fact_targets(corpus.attributes, train_idx, facts) if facts else None
     if targets is not None:
-        absent = [k for k, c in zip(targets.keys, targets.classes, strict=True) if not c]
-        if absent:
-            raise ValueError(f"{label}: captioner_model.facts {absent} name no KEY.json value of any training sample")
-        # Zero-initialised without nn.Linear's random init (no draw from torch's global
-        # generator), and attached to the model only while it trains: train_loop optimises the
-        # model's parameters.
-        head = nn.utils.skip_init(nn.Linear, model.visual.output_dim, sum(len(c) for c in targets.classes))
-        nn.init.zeros_(head.weight)
-        nn.init.zeros_(head.bias)
-        model.add_module("facts_head", head)
+        check_known(targets, f"{label}: captioner_model.facts")
+        # Attached to the model only while it trains: train_loop optimises the model's parameters.
+        model.add_module("facts_head", zero_head(model.visual.output_dim, targets))
 
     def step_loss(pixels: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         # The full caption of each image (KEY.txt's first line): what the captioner should say.
